@@ -1,0 +1,129 @@
+"""The caption grammar of the shapes benchmark (DESIGN.md, "The shapes benchmark").
+
+A caption is ``a COLOUR SHAPE`` or ``a COLOUR SHAPE RELATION a COLOUR SHAPE``. The relation
+reads left to right: in ``a red circle left of a blue square`` the red circle is the one on the
+left. The two objects of a two-object caption always have different colours.
+
+This module is pure Python (no torch) so that the tokenizer, the language model and the
+renderer all share one definition of the language.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+# hue in degrees for each colour name (fully saturated, full value)
+COLOURS: dict[str, int] = {
+    "red": 0,
+    "yellow": 60,
+    "green": 120,
+    "cyan": 180,
+    "blue": 240,
+    "magenta": 300,
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+
+#: (colour, shape) objects that never appear in the ``train`` split.
+HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    {("green", "triangle"), ("blue", "circle"), ("yellow", "square"), ("magenta", "triangle")}
+)
+
+GRAMMAR = ("'a COLOUR SHAPE' or 'a COLOUR SHAPE RELATION a COLOUR SHAPE' with COLOUR in "
+           f"{list(COLOURS)}, SHAPE in {list(SHAPES)}, RELATION in {list(RELATIONS)}, "
+           "and two different colours")
+
+Obj = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ParsedCaption:
+    """A caption split into its objects (one or two ``(colour, shape)`` tuples) and relation.
+
+    ``relation`` is ``None`` for one-object captions. For two objects, the relation says where
+    ``objects[0]`` is relative to ``objects[1]``.
+    """
+
+    objects: tuple[Obj, ...]
+    relation: str | None = None
+
+    @property
+    def text(self) -> str:
+        return make_caption(self.objects, self.relation)
+
+    @property
+    def heldout(self) -> bool:
+        """True when any object is one of :data:`HELDOUT_PAIRS`."""
+        return any(o in HELDOUT_PAIRS for o in self.objects)
+
+
+def make_caption(objects, relation: str | None = None) -> str:
+    """Build a caption from one or two ``(colour, shape)`` objects (and a relation for two)."""
+    objects = tuple(tuple(o) for o in objects)
+    for colour, shape in objects:
+        if colour not in COLOURS or shape not in SHAPES:
+            raise ValueError(f"unknown object ({colour!r}, {shape!r}); the grammar is {GRAMMAR}")
+    if len(objects) == 1 and relation is None:
+        return f"a {objects[0][0]} {objects[0][1]}"
+    if len(objects) == 2 and relation in RELATIONS:
+        if objects[0][0] == objects[1][0]:
+            raise ValueError(f"the two objects must have different colours; the grammar is {GRAMMAR}")
+        return f"a {objects[0][0]} {objects[0][1]} {relation} a {objects[1][0]} {objects[1][1]}"
+    raise ValueError(f"expected one object without a relation or two objects with one of "
+                     f"{list(RELATIONS)}, got {len(objects)} object(s) and relation {relation!r}")
+
+
+def parse_caption(text: str) -> ParsedCaption:
+    """Parse ``text`` in the benchmark grammar; raise ``ValueError`` naming the grammar otherwise.
+
+    Case and surrounding/multiple spaces are forgiven; anything else is not.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"caption must be a str, got {type(text).__name__}")
+    words = text.lower().split()
+
+    def obj(ws: list[str]) -> Obj | None:
+        if len(ws) == 3 and ws[0] == "a" and ws[1] in COLOURS and ws[2] in SHAPES:
+            return (ws[1], ws[2])
+        return None
+
+    if len(words) == 3 and (o := obj(words)):
+        return ParsedCaption((o,), None)
+    for rel in RELATIONS:
+        n = len(rel.split())
+        if len(words) == 6 + n and " ".join(words[3:3 + n]) == rel:
+            a, b = obj(words[:3]), obj(words[3 + n:])
+            if a and b and a[0] != b[0]:
+                return ParsedCaption((a, b), rel)
+    raise ValueError(f"caption {text!r} is not in the shapes grammar: expected {GRAMMAR}")
+
+
+def all_objects() -> list[Obj]:
+    """All 18 (colour, shape) objects, colours in hue order."""
+    return [(c, s) for c in COLOURS for s in SHAPES]
+
+
+def all_captions() -> list[ParsedCaption]:
+    """Every caption the grammar can produce (18 one-object + 1080 two-object), in a fixed order."""
+    out = [ParsedCaption((o,), None) for o in all_objects()]
+    for a, b in itertools.product(all_objects(), repeat=2):
+        if a[0] != b[0]:
+            out.extend(ParsedCaption((a, b), rel) for rel in RELATIONS)
+    return out
+
+
+def caption_corpus(split: str = "train") -> list[str]:
+    """Caption texts for a split of the corpus.
+
+    ``"train"``: captions with no held-out object; ``"heldout"``: captions with at least one;
+    ``"all"``: every caption. The chapter-2 language model trains on ``"train"``.
+    """
+    if split not in ("train", "heldout", "all"):
+        raise ValueError(f"unknown corpus split {split!r}: expected 'train', 'heldout' or 'all'")
+    caps = all_captions()
+    if split == "train":
+        caps = [c for c in caps if not c.heldout]
+    elif split == "heldout":
+        caps = [c for c in caps if c.heldout]
+    return [c.text for c in caps]

@@ -1,0 +1,181 @@
+"""Compute profiles: one choice of sizes, steps and batch sizes, honoured by every chapter.
+
+Three profiles exist:
+
+* ``ci``  -- seconds per chapter. What continuous integration runs; numbers are tiny and
+  results are only meant to show that every code path works.
+* ``cpu`` -- a laptop or the 2-core machines the book is developed on: minutes per chapter,
+  results good enough to see the idea work.
+* ``gpu`` -- a Colab T4 and up: the sizes that give the best toy results.
+
+The environment variable ``IMAGEN_EDU_PROFILE`` picks one. Without it the default is ``gpu``
+when CUDA is available and ``cpu`` otherwise. Notebooks never hard-code sizes: they read them
+from :func:`current`, e.g. ``P = profiles.current(); P.lm.max_steps``.
+
+Each chapter has its own small frozen settings dataclass below (``AttentionSettings``,
+``LMSettings``...), and a :class:`Profile` bundles one of each.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+ENV_VAR = "IMAGEN_EDU_PROFILE"
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 1: attention and the Transformer
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionSettings:
+    """Sizes for the demo Transformer of chapter 1."""
+
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    # steps of the tiny copy/reverse task the chapter trains to show learned attention maps
+    demo_steps: int = 200
+    batch_size: int = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# The data layer (shapes benchmark, judge)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSettings:
+    """How many images the data page renders and judges."""
+
+    n_judge_images: int = 200
+    n_grid_images: int = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 2: the autoregressive language model
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LMSettings:
+    """GPT-style caption model of chapter 2."""
+
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    max_steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-3
+    n_samples_eval: int = 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3: DDPM
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """2-D toy and 32 px unconditional image diffusion of chapter 3."""
+
+    timesteps: int = 1000
+    toy_steps: int = 2000
+    toy_batch: int = 256
+    image_size: int = 32
+    unet_channels: int = 32
+    image_steps: int = 1500
+    image_batch: int = 32
+    sample_steps: int = 50
+    n_samples: int = 64
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A complete compute profile. Frozen: pick another profile instead of editing one."""
+
+    name: str
+    description: str
+    # what every chapter reports it should take under this profile
+    minutes_per_chapter: str
+    prefer_cuda: bool
+    attention: AttentionSettings = field(default_factory=AttentionSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    lm: LMSettings = field(default_factory=LMSettings)
+    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
+
+    @property
+    def device(self) -> str:
+        """``"cuda"`` for the gpu profile when CUDA is present, else ``"cpu"``."""
+        if self.prefer_cuda:
+            import torch
+
+            if torch.cuda.is_available():
+                return "cuda"
+        return "cpu"
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile(
+        name="ci",
+        description="seconds per chapter; what CI runs (results only show the code paths work)",
+        minutes_per_chapter="< 1",
+        prefer_cuda=False,
+        attention=AttentionSettings(d_model=16, n_heads=2, n_layers=1, demo_steps=30, batch_size=16),
+        data=DataSettings(n_judge_images=24, n_grid_images=4),
+        lm=LMSettings(d_model=32, n_heads=2, n_layers=1, max_steps=40, batch_size=32, n_samples_eval=20),
+        diffusion=DiffusionSettings(
+            timesteps=100, toy_steps=60, toy_batch=128, image_size=16, unet_channels=8,
+            image_steps=4, image_batch=8, sample_steps=5, n_samples=8,
+        ),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        description="a laptop CPU (2+ cores): minutes per chapter",
+        minutes_per_chapter="1-6",
+        prefer_cuda=False,
+    ),
+    "gpu": Profile(
+        name="gpu",
+        description="a CUDA GPU (Colab T4 and up): larger models, more steps",
+        minutes_per_chapter="1-5",
+        prefer_cuda=True,
+        attention=AttentionSettings(d_model=64, n_heads=4, n_layers=2, demo_steps=500, batch_size=128),
+        data=DataSettings(n_judge_images=1000, n_grid_images=8),
+        lm=LMSettings(d_model=128, n_heads=4, n_layers=4, max_steps=2000, batch_size=128, n_samples_eval=500),
+        diffusion=DiffusionSettings(
+            toy_steps=4000, toy_batch=1024, image_size=32, unet_channels=64,
+            image_steps=6000, image_batch=128, sample_steps=100, n_samples=64,
+        ),
+    ),
+}
+
+
+def names() -> list[str]:
+    """The valid profile names, in order of size."""
+    return list(PROFILES)
+
+
+def get(name: str) -> Profile:
+    """The profile called ``name``; raises ``ValueError`` listing the valid names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"profile name must be a str, one of {names()}, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise ValueError(f"unknown compute profile {name!r}: expected one of {names()} "
+                         f"(set {ENV_VAR} to one of them)")
+    return PROFILES[key]
+
+
+def default_name() -> str:
+    """``gpu`` when CUDA is available, else ``cpu`` (used when ``IMAGEN_EDU_PROFILE`` is unset)."""
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return "cpu"
+
+
+def current() -> Profile:
+    """The active profile: ``IMAGEN_EDU_PROFILE`` if set (and not empty), else the default.
+
+    Read from the environment on every call, so ``os.environ["IMAGEN_EDU_PROFILE"] = "ci"``
+    in a notebook takes effect for the cells after it.
+    """
+    name = os.environ.get(ENV_VAR, "").strip()
+    return get(name) if name else get(default_name())
