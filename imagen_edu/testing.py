@@ -1,0 +1,55 @@
+"""A pytest plugin for this project's tests (loaded by ``-p imagen_edu.testing`` in pyproject.toml).
+
+It applies to every pytest run in the repository, whichever folder is named on the command line:
+
+* the ``ci`` compute profile, set before any notebook kernel starts, so nbval's kernels inherit it;
+* Hugging Face libraries told to stay offline;
+* outgoing connections to anything but this machine fail loudly, so a test that would download
+  something fails instead of quietly passing on a connected laptop.
+"""
+
+import os
+import socket
+
+os.environ["IMAGEN_EDU_PROFILE"] = "ci"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+_LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost", "0.0.0.0", ""}
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+class NetworkAccessError(RuntimeError):
+    """Raised when a test tries to reach a host other than this machine."""
+
+
+def _check(sock, address):
+    if sock.family == getattr(socket, "AF_UNIX", object()):
+        return
+    host = address[0] if isinstance(address, tuple) else str(address)
+    if host in _LOCAL_HOSTS or str(host).startswith("127."):
+        return
+    raise NetworkAccessError(f"tests must not use the network: tried to connect to {address!r}")
+
+
+def _guarded_connect(self, address):
+    _check(self, address)
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    _check(self, address)
+    return _real_connect_ex(self, address)
+
+
+def pytest_configure(config):
+    socket.socket.connect = _guarded_connect
+    socket.socket.connect_ex = _guarded_connect_ex
+
+
+def pytest_unconfigure(config):
+    socket.socket.connect = _real_connect
+    socket.socket.connect_ex = _real_connect_ex
