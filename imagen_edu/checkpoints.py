@@ -1,0 +1,261 @@
+"""Checkpoints: safetensors files with JSON metadata, and the sha256 manifest of shipped ones.
+
+Every model of the book (the chapter-2 language model, CLIP, the Imagen cascade) is stored the
+same way:
+
+* :func:`save` writes any ``state_dict`` plus a metadata dict to a ``.safetensors`` file,
+  atomically (a temporary file in the same folder, then ``os.replace``), so a crash or a
+  Colab disconnect never leaves half a checkpoint under the real name. Safetensors stores only
+  tensors and strings: loading a checkpoint never runs code, unlike ``torch.load`` of a pickle.
+* :func:`load` reads it back and turns a truncated or corrupt file into a clear ``ValueError``.
+* The manifest ``data/checkpoints/manifest.json`` maps a *name* to a shipped file with its
+  sha256, the exact command that made it, the seed, the compute profile and the metrics measured
+  right after training. :func:`load_shipped` refuses a file whose hash does not match.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "checkpoint_dir",
+    "manifest_path",
+    "save",
+    "load",
+    "sha256",
+    "read_manifest",
+    "write_manifest",
+    "register",
+    "entry",
+    "verify",
+    "load_shipped",
+]
+
+#: the single safetensors metadata key under which :func:`save` stores its JSON document. One key
+#: (not one per entry) because safetensors writes metadata keys in an arbitrary order: with one
+#: key, the same weights and metadata always give the same bytes, hence the same sha256.
+META_KEY = "imagen_edu"
+FORMAT = "imagen_edu.checkpoints/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing from the manifest, corrupt, truncated or altered."""
+
+
+def checkpoint_dir() -> Path:
+    """``imagen_edu.DATA_DIR / "checkpoints"``: where shipped checkpoints and the manifest live."""
+    from . import DATA_DIR
+
+    return Path(DATA_DIR) / "checkpoints"
+
+
+def manifest_path() -> Path:
+    """Path of ``data/checkpoints/manifest.json``."""
+    return checkpoint_dir() / "manifest.json"
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` for a temp file beside ``path``, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# one file
+# ---------------------------------------------------------------------------------------------
+def save(path, state_dict: dict, metadata: dict | None = None) -> Path:
+    """Write ``state_dict`` (name -> tensor) and ``metadata`` to ``path`` as safetensors, atomically.
+
+    Args:
+        path: destination, usually ``*.safetensors``.
+        state_dict: ``{name: torch.Tensor}``, e.g. ``model.state_dict()``. Tensors are copied to
+            the CPU and made contiguous; tied (shared) weights are stored once per name.
+        metadata: JSON-serialisable values (configs, vocabularies, seeds...); each value is
+            stored as one sorted JSON document in safetensors' string metadata and decoded
+            again by :func:`load`. Equal inputs give byte-identical files.
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise TypeError("state_dict must be a non-empty dict of name -> torch.Tensor")
+    tensors = {}
+    for k, v in state_dict.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise TypeError(f"state_dict entries must be str -> torch.Tensor, got {k!r}: {type(v).__name__}")
+        tensors[k] = v.detach().to("cpu").contiguous().clone()
+    metadata = dict(metadata or {})
+    for k, v in metadata.items():
+        if not isinstance(k, str):
+            raise TypeError(f"metadata keys must be str, got {k!r}")
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"metadata[{k!r}] is not JSON-serialisable: {err}") from None
+    meta = {META_KEY: json.dumps({"format": FORMAT, "metadata": metadata}, sort_keys=True)}
+    path = Path(path)
+    _atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def load(path, device: str = "cpu") -> tuple[dict, dict]:
+    """Read a safetensors checkpoint.
+
+    Returns:
+        ``(state_dict, metadata)``: tensors on ``device`` and the metadata dict as given to
+        :func:`save` (values JSON-decoded; a file written by another tool gives its raw strings).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError (a ValueError): the file is truncated, corrupt or not safetensors.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            raw = f.metadata() or {}
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except Exception as err:  # safetensors raises SafetensorError / OSError on bad files
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a readable safetensors "
+                              f"file: {type(err).__name__}: {err}); re-create it or restore it "
+                              "from the repository") from None
+    meta = dict(raw)
+    if META_KEY in raw:
+        try:
+            doc = json.loads(raw[META_KEY])
+            if doc.get("format") == FORMAT:
+                meta = doc["metadata"]
+        except (json.JSONDecodeError, AttributeError, KeyError):
+            pass  # someone else's key of that name: return the raw strings
+    return tensors, meta
+
+
+def sha256(path, chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the manifest of shipped checkpoints
+# ---------------------------------------------------------------------------------------------
+def read_manifest(path=None) -> dict:
+    """The manifest as ``{name: entry}`` (empty if the file does not exist yet)."""
+    path = Path(path) if path is not None else manifest_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"manifest {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"manifest {path} must hold a JSON object {{name: entry}}")
+    return data
+
+
+def write_manifest(manifest: dict, path=None) -> Path:
+    """Write the manifest atomically, keys sorted, indented for readable diffs."""
+    path = Path(path) if path is not None else manifest_path()
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def register(name: str, file, *, command: str, seed: int | None, metrics: dict,
+             profile: str | None = None, manifest=None, **extra) -> dict:
+    """Add or replace the manifest entry ``name`` for ``file`` (which must exist), computing its sha256.
+
+    ``file`` is stored relative to the manifest's folder when it lies inside it. The entry holds
+    ``file, sha256, command, seed, metrics, created (UTC ISO time), profile`` and any ``extra``.
+    Re-reads the manifest just before writing, so entries of other models are kept.
+    """
+    mpath = Path(manifest) if manifest is not None else manifest_path()
+    file = Path(file).resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"cannot register {file}: no such file")
+    try:
+        rel = str(file.relative_to(mpath.parent.resolve()))
+    except ValueError:
+        rel = str(file)
+    ent = {
+        "file": rel,
+        "sha256": sha256(file),
+        "command": command,
+        "seed": seed,
+        "metrics": metrics,
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "profile": profile,
+        **extra,
+    }
+    data = read_manifest(mpath)
+    data[name] = ent
+    write_manifest(data, mpath)
+    return ent
+
+
+def entry(name: str, manifest=None) -> dict:
+    """The manifest entry ``name``; ``CheckpointError`` listing the known names otherwise."""
+    data = read_manifest(manifest)
+    if name not in data:
+        mp = Path(manifest) if manifest is not None else manifest_path()
+        raise CheckpointError(f"no checkpoint called {name!r} in {mp}; known: {sorted(data)}")
+    return data[name]
+
+
+def _file_of(name: str, manifest=None) -> Path:
+    ent = entry(name, manifest)
+    mp = Path(manifest) if manifest is not None else manifest_path()
+    f = Path(ent["file"])
+    return f if f.is_absolute() else mp.parent / f
+
+
+def verify(name: str, manifest=None) -> Path:
+    """Check the shipped file ``name`` exists and has the manifest's sha256; return its path."""
+    f = _file_of(name, manifest)
+    if not f.is_file():
+        raise FileNotFoundError(f"shipped checkpoint {name!r} should be at {f} but is missing; "
+                                "re-create it with the manifest's command")
+    want = entry(name, manifest)["sha256"]
+    got = sha256(f)
+    if got != want:
+        raise CheckpointError(f"checkpoint {name!r} at {f} has sha256 {got[:16]}..., but the manifest "
+                              f"says {want[:16]}...: the file was altered or is incomplete. Restore it "
+                              f"from the repository or re-create it with: {entry(name, manifest)['command']}")
+    return f
+
+
+def load_shipped(name: str, device: str = "cpu", manifest=None) -> tuple[dict, dict]:
+    """Load the shipped checkpoint ``name`` after verifying its sha256 against the manifest.
+
+    Returns ``(state_dict, metadata)`` as :func:`load`. Raises ``CheckpointError`` (a
+    ``ValueError``) on a hash mismatch, an unknown name or a corrupt file.
+    """
+    return load(verify(name, manifest), device=device)

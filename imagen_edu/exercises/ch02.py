@@ -1,0 +1,86 @@
+"""Checked exercises of chapter 2 (``book/02_language_model.ipynb``).
+
+Each check takes the reader's function, compares it with an independent computation on a few
+inputs and prints PASS or FAIL with a hint; it returns a truthy/falsy :class:`Result`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import Result, run_check
+
+__all__ = ["check_bigram_counts", "check_next_token_loss", "check_top_p"]
+
+
+def check_bigram_counts(fn, verbose: bool = True) -> Result:
+    """``fn(tok, texts) -> counts (V, V)``: ``counts[a, b]`` = how often token b follows token a
+    in the encoded texts (with ``<bos>`` and ``<eos>``), Eq. (ch2-eq-bigram)."""
+
+    def check():
+        from ..data.captions import caption_corpus
+        from ..tokenizer import default_tokenizer
+
+        tok = default_tokenizer()
+        for texts in (["a red circle"], ["a red circle", "a red square left of a blue circle"],
+                      caption_corpus("train")[::7]):
+            got = fn(tok, texts)
+            assert isinstance(got, torch.Tensor), f"return a torch.Tensor, got {type(got).__name__}"
+            assert tuple(got.shape) == (tok.vocab_size,) * 2, \
+                f"expected shape (V, V) = {(tok.vocab_size,) * 2}, got {tuple(got.shape)}"
+            want = torch.zeros(tok.vocab_size, tok.vocab_size)
+            for t in texts:
+                ids = tok.encode(t)
+                for a, b in zip(ids[:-1], ids[1:]):
+                    want[a, b] += 1
+            assert torch.equal(got.float(), want), \
+                f"counts differ for {len(texts)} text(s): total {float(got.sum())} vs expected {float(want.sum())}"
+
+    return run_check("bigram counts", check, "encode each text with tok.encode (it adds <bos> and <eos>) "
+                     "and add 1 to counts[ids[i], ids[i+1]] for every neighbouring pair", verbose=verbose)
+
+
+def check_next_token_loss(fn, verbose: bool = True) -> Result:
+    """``fn(logits (B, T, V), targets (B, T), mask (B, T) bool) -> scalar``: the mean of
+    ``-log softmax(logits)[target]`` over positions where ``mask`` is True, Eq. (ch2-eq-nll)."""
+
+    def check():
+        g = torch.Generator().manual_seed(0)
+        for b, t, v in ((1, 3, 5), (4, 7, 19), (2, 1, 3)):
+            logits = torch.randn(b, t, v, generator=g) * 3
+            targets = torch.randint(0, v, (b, t), generator=g)
+            mask = torch.rand(b, t, generator=g) > 0.3
+            mask[0, 0] = True
+            got = fn(logits, targets, mask)
+            assert isinstance(got, torch.Tensor) and got.dim() == 0, "return a scalar tensor"
+            logp = logits - logits.exp().sum(-1, keepdim=True).log()
+            nll = -logp.gather(-1, targets[..., None])[..., 0]
+            want = nll[mask].mean()
+            assert torch.allclose(got, want, atol=1e-5), \
+                f"for shape {(b, t, v)} got {float(got):.5f}, expected {float(want):.5f}"
+
+    return run_check("next-token loss", check, "log_softmax over the last axis, pick the target's entry "
+                     "(gather), negate, and average only where mask is True", verbose=verbose)
+
+
+def check_top_p(fn, verbose: bool = True) -> Result:
+    """``fn(logits (B, V), p) -> logits`` with every token outside the nucleus set to ``-inf``:
+    keep the most likely tokens until their probability reaches ``p`` (always at least one)."""
+
+    def check():
+        from ..lm import filter_logits
+
+        g = torch.Generator().manual_seed(1)
+        cases = [(torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]])), 0.8)]
+        cases += [(torch.randn(3, 11, generator=g) * 2, p) for p in (0.3, 0.9, 1.0)]
+        for logits, p in cases:
+            got = fn(logits.clone(), p)
+            assert tuple(got.shape) == tuple(logits.shape), f"expected shape {tuple(logits.shape)}"
+            want = filter_logits(logits, top_p=p)
+            kept_got, kept_want = torch.isfinite(got), torch.isfinite(want)
+            assert torch.equal(kept_got, kept_want), \
+                f"with p={p} you keep {kept_got.sum(-1).tolist()} tokens per row, expected {kept_want.sum(-1).tolist()}"
+            assert torch.allclose(got[kept_got], logits[kept_got]), "kept logits must be unchanged"
+
+    return run_check("top-p filter", check, "sort the probabilities in descending order, take the cumulative "
+                     "sum, keep a token while the mass *before* it is < p, then undo the sort", verbose=verbose)
