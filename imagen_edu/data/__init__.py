@@ -1,4 +1,8 @@
-"""Data: the shapes benchmark (``shapes``), its caption grammar (``captions``) and real data sets."""
+"""Data: the shapes benchmark (``shapes``), its caption grammar (``captions``) and real data sets (``real``).
+
+The caption grammar is pure Python and imported eagerly; the torch-based parts are imported on
+first use (``from imagen_edu.data import ShapesDataset`` works and loads ``shapes``).
+"""
 
 from .captions import (  # noqa: F401
     COLOURS,
@@ -11,3 +15,18 @@ from .captions import (  # noqa: F401
     make_caption,
     parse_caption,
 )
+
+_LAZY = {
+    "shapes": ("ShapesDataset", "Scene", "SceneObject", "make_batch", "render", "render_batch", "sample_scene",
+               "scene_at", "SPLITS"),
+    "real": ("CaptionedImageFolder", "torchvision_captioned"),
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,368 @@
+"""The project's own judge: does an image show what its shapes-benchmark caption says?
+
+An analytic checker with no learned weights, so it shares nothing with any generator
+(derived in the book's shapes-benchmark page, ``book/shapes_benchmark.ipynb``, Eq. (data-eq-features);
+DESIGN.md, "The shapes benchmark"):
+
+1. **Segment by colour.** Pixels with value ``V = max(r, g, b) >= 0.5`` and saturation
+   ``S = (V - min) / V >= 0.5`` are foreground; each gets the nearest of the six hues
+   (0, 60, ..., 300 degrees). Anti-aliased edges keep their hue, so only their value drops.
+2. **Connected components** (8-connected) of each colour; components smaller than
+   ``min_area`` (a fraction of the canvas) are ignored as specks.
+3. **Shape from geometry.** Every benchmark shape has a square bounding box; what differs is
+   the *fill ratio* (area / box area: square 1, circle pi/4 ~ 0.785, triangle 1/2) and *where
+   the mass is* (the centroid's height in the box from the top: 1/2 for circle and square,
+   2/3 for an apex-up triangle). A component is a triangle when its mass sits low, else a
+   square when its box is nearly full, else a circle (thresholds in :func:`_classify`).
+4. **Relation from positions**: ``A left of B`` holds when A's box ends left of where B's box
+   starts (their projections on the x axis are disjoint and in that order, with an optional
+   ``margin``); likewise for the other relations (y points down).
+
+Verdicts per caption (see :func:`attribute_accuracy`):
+
+* ``colour``: every named colour is present;
+* ``shape``: for every named ``(colour, shape)`` some object of that colour has that shape;
+* ``relation``: two-object captions only (``None`` for one-object captions, whose mean is taken
+  over two-object captions only): the relation holds between the named objects;
+* ``count``: the image has exactly as many objects as the caption names;
+* ``all``: colour and shape and count, and the relation for two-object captions.
+
+A **clean** object is a detected object whose box is roughly square and whose features lie
+near its shape's prototype, with a tolerance that grows for small objects (:func:`is_clean`);
+:func:`count_clean_objects` counts them per image.
+
+Run ``python -m imagen_edu.evaluate selftest --n 500`` for the judge's figures (JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .data.captions import COLOURS, SHAPES, parse_caption
+from .data.shapes import single_thread
+
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)  # hue order: index k has hue 60 k degrees
+#: (fill ratio, centroid height in the box from the top) of each shape, and the feature scales
+PROTOTYPES: dict[str, tuple[float, float]] = {"circle": (math.pi / 4, 0.5), "square": (1.0, 0.5),
+                                              "triangle": (0.5, 2 / 3)}
+FEATURE_SCALE: tuple[float, float] = (0.1, 0.05)
+VALUE_THRESHOLD = 0.5
+SATURATION_THRESHOLD = 0.5
+MIN_AREA = 0.005
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    """One object found in an image.
+
+    ``centre`` is ``(x, y)`` in [0, 1] (y down); ``area`` the fraction of the canvas it covers;
+    ``box`` ``(x0, y0, x1, y1)`` in [0, 1]; ``fill`` and ``mass_y`` the shape features;
+    ``clean`` whether it looks like a clean benchmark object (near a prototype, square box).
+    """
+
+    colour: str
+    shape: str
+    centre: tuple[float, float]
+    area: float
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    fill: float = 0.0
+    mass_y: float = 0.0
+    clean: bool = True
+
+
+def _as_batch(images) -> torch.Tensor:
+    """Images (N, 3, H, W) or (3, H, W) in [-1, 1] -> (N, 3, H, W) float in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (N, 3, H, W) or (3, H, W) in [-1, 1], "
+                        f"got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images[None]
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (N, 3, H, W) or (3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a float tensor in [-1, 1], got dtype {images.dtype}")
+    return ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def colour_masks(images) -> torch.Tensor:
+    """Foreground mask of each colour: bool (N, 6, H, W), colours in :data:`COLOUR_NAMES` order.
+
+    ``images``: (N, 3, H, W) in [-1, 1]. Step 1 of the judge.
+    """
+    x = _as_batch(images)
+    v, _ = x.max(dim=1)
+    mn, _ = x.min(dim=1)
+    delta = v - mn
+    sat = torch.where(v > 0, delta / v.clamp(min=1e-8), torch.zeros_like(v))
+    r, g, b = x.unbind(dim=1)
+    d = delta.clamp(min=1e-8)
+    # the standard RGB -> hue formula, in units of 60 degrees
+    hue = torch.where(v == r, ((g - b) / d) % 6, torch.where(v == g, (b - r) / d + 2, (r - g) / d + 4))
+    idx = torch.round(hue).long() % 6
+    fg = (v >= VALUE_THRESHOLD) & (sat >= SATURATION_THRESHOLD)
+    return F.one_hot(idx, 6).permute(0, 3, 1, 2).bool() & fg[:, None]
+
+
+def _run_max(lab: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Give every horizontal run of foreground pixels the largest label in the run. (M, H, W)."""
+    M, H, W = lab.shape
+    start = masks & ~F.pad(masks, (1, 0))[..., :W]             # a run starts where the left pixel is off
+    run = torch.cumsum(start.flatten().long(), 0).reshape(M, H, W)   # globally unique run ids
+    best = torch.zeros(int(run.max()) + 1).scatter_reduce(0, run.flatten(), lab.flatten(), "amax")
+    return best[run] * masks
+
+
+def connected_components(masks: torch.Tensor) -> torch.Tensor:
+    """8-connected component labels of bool masks (M, H, W): int64 (M, H, W), 0 = background.
+
+    Each foreground pixel starts with its own label; the largest label then spreads over each
+    component by 3 x 3 max-pooling inside the mask (which crosses diagonals) alternated with
+    taking the maximum along each horizontal and vertical run, until nothing changes.
+    """
+    M, H, W = masks.shape
+    masks = masks.bool()
+    fm = masks.float()
+    lab = torch.arange(1, H * W + 1, dtype=torch.float32).reshape(1, H, W).expand(M, H, W) * fm
+    masks_t = masks.transpose(1, 2)
+    while True:
+        new = F.max_pool2d(lab[:, None], 3, stride=1, padding=1)[:, 0] * fm
+        new = _run_max(new, masks)
+        new = _run_max(new.transpose(1, 2).contiguous(), masks_t).transpose(1, 2)
+        if torch.equal(new, lab):
+            return lab.long()
+        lab = new.contiguous()
+
+
+def _classify(fill: float, mass_y: float) -> tuple[str, float]:
+    """Shape from the features -> (shape, scaled distance to that shape's prototype at large sizes).
+
+    Triangle when the mass sits low in the box (``mass_y >= 0.58``, halfway between 1/2 and
+    2/3); otherwise square when the box is nearly full (``fill >= 0.93``), else circle. The
+    fill boundary sits nearer 1 than pi/4 because small digitised discs fill their box more
+    than pi/4 (up to about 0.9 at 32 px).
+    """
+    if mass_y >= 0.58:
+        shape = "triangle"
+    else:
+        shape = "square" if fill >= 0.93 else "circle"
+    f0, m0 = PROTOTYPES[shape]
+    return shape, math.hypot((fill - f0) / FEATURE_SCALE[0], (mass_y - m0) / FEATURE_SCALE[1])
+
+
+def is_clean(shape: str, fill: float, mass_y: float, w: int, h: int) -> bool:
+    """Whether a component of ``w x h`` pixels with these features looks like a clean ``shape``.
+
+    Its box must be roughly square (aspect within [0.7, 1/0.7], or sides within 1 px) and its
+    features within 1.5 tolerances of the shape's prototype (Eq. data-eq-features). The
+    tolerances, 0.1 for fill and 0.05 for mass_y, grow by 1.5 / n and 0.5 / n for a box of
+    ``n = min(w, h)`` px, because a small digitised shape departs from its continuous values
+    (an 8 px triangle fills about 5/8 of its box, not 1/2).
+    """
+    n = max(1, min(w, h))
+    square_box = abs(w - h) <= 1 or 0.7 <= w / h <= 1 / 0.7
+    f0, m0 = PROTOTYPES[shape]
+    d = math.hypot((fill - f0) / (FEATURE_SCALE[0] + 1.5 / n), (mass_y - m0) / (FEATURE_SCALE[1] + 0.5 / n))
+    return bool(square_box and d < 1.5)
+
+
+def detect_objects_batch(images, min_area: float = MIN_AREA) -> list[list[DetectedObject]]:
+    """:func:`detect_objects` for a batch ``(N, 3, H, W)`` in [-1, 1]: one list per image.
+
+    Runs on one CPU thread (see :func:`imagen_edu.data.shapes.single_thread`).
+    """
+    with single_thread():
+        return _detect(images, min_area)
+
+
+def _detect(images, min_area: float) -> list[list[DetectedObject]]:
+    masks = colour_masks(images)                        # (N, 6, H, W)
+    N, C, H, W = masks.shape
+    planes = rearrange(masks, "n c h w -> (n c) h w")
+    keep = planes.flatten(1).any(dim=1).nonzero()[:, 0]  # only colour planes with any pixel
+    out: list[list[DetectedObject]] = [[] for _ in range(N)]
+    if len(keep) == 0:
+        return out
+    lab = connected_components(planes[keep])            # (M, H, W)
+    m_idx, ys, xs = lab.nonzero(as_tuple=True)
+    key = m_idx * (H * W + 1) + lab[m_idx, ys, xs]
+    uniq, inv = torch.unique(key, return_inverse=True)
+    K = len(uniq)
+    cnt = torch.zeros(K).index_add_(0, inv, torch.ones(len(inv)))
+    sx = torch.zeros(K).index_add_(0, inv, xs.float())
+    sy = torch.zeros(K).index_add_(0, inv, ys.float())
+
+    def red(v, how, init):
+        return torch.full((K,), init, dtype=torch.long).scatter_reduce(0, inv, v, how, include_self=False)
+
+    x0, x1 = red(xs, "amin", W), red(xs, "amax", -1)
+    y0, y1 = red(ys, "amin", H), red(ys, "amax", -1)
+    plane = keep[uniq // (H * W + 1)]
+    for k in (cnt >= min_area * H * W).nonzero()[:, 0].tolist():  # specks are dropped here
+        area = cnt[k].item()
+        n, c = divmod(int(plane[k]), C)
+        w, h = int(x1[k] - x0[k]) + 1, int(y1[k] - y0[k]) + 1
+        fill = area / (w * h)
+        cy = sy[k].item() / area
+        mass_y = (cy + 0.5 - int(y0[k])) / h
+        shape, _ = _classify(fill, mass_y)
+        out[n].append(DetectedObject(
+            colour=COLOUR_NAMES[c], shape=shape,
+            centre=((sx[k].item() / area + 0.5) / W, (cy + 0.5) / H), area=area / (H * W),
+            box=(int(x0[k]) / W, int(y0[k]) / H, (int(x1[k]) + 1) / W, (int(y1[k]) + 1) / H),
+            fill=fill, mass_y=mass_y, clean=is_clean(shape, fill, mass_y, w, h)))
+    for objs in out:
+        objs.sort(key=lambda o: -o.area)
+    return out
+
+
+def detect_objects(image, min_area: float = MIN_AREA) -> list[DetectedObject]:
+    """The objects in one image ``(3, H, W)`` in [-1, 1], largest first.
+
+    Each :class:`DetectedObject` has ``colour``, ``shape``, ``centre`` ``(x, y)`` in [0, 1] and
+    ``area`` (fraction of the canvas). Components smaller than ``min_area`` are ignored.
+    """
+    if isinstance(image, torch.Tensor) and image.dim() == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"detect_objects takes one image (3, H, W); use detect_objects_batch for "
+                             f"{tuple(image.shape)}")
+        image = image[0]
+    if isinstance(image, torch.Tensor) and image.dim() != 3:
+        raise ValueError(f"image must have shape (3, H, W), got {tuple(image.shape)}")
+    return detect_objects_batch(image, min_area)[0]
+
+
+def count_clean_objects(images, min_area: float = MIN_AREA) -> list[int]:
+    """Number of *clean* objects in each image of ``(N, 3, H, W)`` (or one ``(3, H, W)``).
+
+    Clean: one saturated colour, at least ``min_area`` of the canvas, a roughly square box and
+    fill/mass features near one of the three prototypes. An image "with one or two clean
+    objects" that also has unclean blobs can be found with ``detect_objects_batch``.
+    """
+    return [sum(o.clean for o in objs) for objs in detect_objects_batch(images, min_area)]
+
+
+def relation_holds(a: DetectedObject, b: DetectedObject, relation: str, margin: float = 0.0) -> bool:
+    """Whether ``a RELATION b`` holds: their boxes' projections on the relation's axis are disjoint,
+    in the stated order, with a gap of at least ``margin`` (fraction of the canvas; y points down)."""
+    ax0, ay0, ax1, ay1 = a.box
+    bx0, by0, bx1, by1 = b.box
+    gaps = {"left of": bx0 - ax1, "right of": ax0 - bx1, "above": by0 - ay1, "below": ay0 - by1}
+    if relation not in gaps:
+        raise ValueError(f"unknown relation {relation!r}: expected one of {list(gaps)}")
+    return gaps[relation] >= margin
+
+
+def _pick(objs: list[DetectedObject], colour: str, shape: str) -> DetectedObject | None:
+    """The object meant by ``(colour, shape)``: of that colour, the named shape preferred, largest first."""
+    cands = [o for o in objs if o.colour == colour]
+    if not cands:
+        return None
+    return max(cands, key=lambda o: (o.shape == shape, o.area))
+
+
+def verdict(objs: list[DetectedObject], caption: str, margin: float = 0.0) -> dict:
+    """The judge's verdict for one caption given the objects detected in its image."""
+    parsed = parse_caption(caption)
+    named = parsed.objects
+    colour = all(any(o.colour == c for o in objs) for c, _ in named)
+    shape = all(any(o.colour == c and o.shape == s for o in objs) for c, s in named)
+    count = len(objs) == len(named)
+    relation = None
+    if parsed.relation is not None:
+        a, b = _pick(objs, *named[0]), _pick(objs, *named[1])
+        relation = bool(a is not None and b is not None and relation_holds(a, b, parsed.relation, margin))
+    ok = colour and shape and count and (relation is None or relation)
+    return {"caption": caption, "colour": colour, "shape": shape, "relation": relation, "count": count,
+            "all": ok}
+
+
+def attribute_accuracy(images, captions, margin: float = 0.0, min_area: float = MIN_AREA) -> dict:
+    """Judge images against their captions: per-caption verdicts and mean accuracies.
+
+    Args:
+        images: (N, 3, H, W) float in [-1, 1] (or one (3, H, W)).
+        captions: N captions in the shapes grammar (``ValueError`` otherwise).
+
+    Returns a dict with ``"colour"``, ``"shape"``, ``"count"``, ``"all"`` (means over all N),
+    ``"relation"`` (mean over the two-object captions only; ``nan`` if there are none),
+    ``"n"``, ``"n_two_object"`` and ``"verdicts"``: one dict per caption with booleans
+    ``colour, shape, relation (None for one object), count, all``. See the module docstring.
+    """
+    x = _as_batch(images)
+    if isinstance(captions, str):
+        captions = [captions]
+    captions = list(captions)
+    if len(captions) != x.shape[0]:
+        raise ValueError(f"got {x.shape[0]} images but {len(captions)} captions")
+    for c in captions:
+        parse_caption(c)  # fail before any work on a caption outside the grammar
+    dets = detect_objects_batch(x * 2 - 1, min_area)
+    verdicts = [verdict(o, c, margin) for o, c in zip(dets, captions)]
+    n = len(verdicts)
+
+    def mean(key, vs):
+        return sum(bool(v[key]) for v in vs) / len(vs) if vs else float("nan")
+
+    two = [v for v in verdicts if v["relation"] is not None]
+    return {"colour": mean("colour", verdicts), "shape": mean("shape", verdicts),
+            "relation": mean("relation", two), "count": mean("count", verdicts), "all": mean("all", verdicts),
+            "n": n, "n_two_object": len(two), "verdicts": verdicts}
+
+
+# ---------------------------------------------------------------------------------------------
+# Self test: python -m imagen_edu.evaluate selftest --n 500
+# ---------------------------------------------------------------------------------------------
+def selftest(n: int = 500, seed: int = 0) -> dict:
+    """The judge on rendered benchmark images: clean, shuffled captions, blurred and noisy.
+
+    Returns ``{condition: {"all", "colour", "shape", "relation", "count"}}`` rounded to 4 digits.
+    """
+    from torchvision.transforms.functional import gaussian_blur
+
+    from .data.shapes import make_batch
+
+    def summary(images, caps):
+        r = attribute_accuracy(images, caps)
+        return {k: round(r[k], 4) for k in ("all", "colour", "shape", "relation", "count")}
+
+    g = torch.Generator().manual_seed(seed)
+    out = {"n": n}
+    for r in (32, 64):
+        imgs, caps = make_batch(n, "test", r, seed=seed)
+        out[f"test_{r}px"] = summary(imgs, caps)
+        if r == 64:
+            perm = torch.randperm(n, generator=g).tolist()
+            out["test_64px_shuffled_captions"] = summary(imgs, [caps[i] for i in perm])
+            out["test_64px_blur_sigma1"] = summary(gaussian_blur(imgs, [7, 7], [1.0, 1.0]), caps)
+            noisy = (imgs + 0.1 * torch.randn(imgs.shape, generator=g)).clamp(-1, 1)
+            out["test_64px_noise_0.1"] = summary(noisy, caps)
+    imgs, caps = make_batch(n, "heldout", 32, seed=seed)
+    out["heldout_32px"] = summary(imgs, caps)
+    imgs, caps = make_batch(n, "test", 16, seed=seed)
+    out["test_16px"] = summary(imgs, caps)
+    return out
+
+
+def _main(argv=None) -> None:
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m imagen_edu.evaluate",
+                                 description="The shapes judge. 'selftest' prints its accuracy figures as JSON.")
+    ap.add_argument("command", choices=["selftest"])
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    print(json.dumps(selftest(args.n, args.seed)))
+
+
+if __name__ == "__main__":
+    _main()
+
+__all__ = ["DetectedObject", "attribute_accuracy", "colour_masks", "connected_components", "count_clean_objects",
+           "detect_objects", "detect_objects_batch", "is_clean", "relation_holds", "selftest", "verdict", "SHAPES"]
