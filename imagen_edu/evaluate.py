@@ -366,3 +366,28 @@ if __name__ == "__main__":
 
 __all__ = ["DetectedObject", "attribute_accuracy", "colour_masks", "connected_components", "count_clean_objects",
            "detect_objects", "detect_objects_batch", "is_clean", "relation_holds", "selftest", "verdict", "SHAPES"]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP-based metrics (chapter 4). Implemented in imagen_edu.clip; exposed here so that every
+# way of judging images is found in one module. Imported lazily: clip depends on this module.
+# ---------------------------------------------------------------------------------------------
+def clip_score(images, captions, model=None):
+    """CLIP score of ``images (N, 3, H, W)`` in [-1, 1] against ``captions`` (N strings).
+
+    ``100 * max(cos(image_emb, text_emb), 0)`` per pair, with the shipped chapter-4 CLIP model
+    when ``model`` is None. See :func:`imagen_edu.clip.clip_score` (derived in chapter 4).
+    """
+    from .clip import clip_score as _clip_score
+
+    return _clip_score(images, captions, model=model)
+
+
+def rerank(images, caption, model=None):
+    """Indices of ``images`` ordered by CLIP score against ``caption``, best first.
+
+    See :func:`imagen_edu.clip.rerank` (chapter 4); chapter 5 reranks cascade samples with it.
+    """
+    from .clip import rerank as _rerank
+
+    return _rerank(images, caption, model=model)

@@ -1,0 +1,87 @@
+"""Checked exercises of chapter 4 (``book/04_clip.ipynb``).
+
+Each check takes the reader's function, compares it with an independent computation on a few
+inputs and prints PASS or FAIL with a hint; it returns a truthy/falsy :class:`Result`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import Result, run_check
+
+__all__ = ["check_clip_loss", "check_recall_at_k", "check_zero_shot"]
+
+
+def _loop_loss(u, v, s):
+    b = u.shape[0]
+    u = u / u.norm(dim=1, keepdim=True)
+    v = v / v.norm(dim=1, keepdim=True)
+    sim = s * (u @ v.T)
+    total = 0.0
+    for i in range(b):
+        total += float(torch.logsumexp(sim[i], 0) - sim[i, i]) / (2 * b)      # image i -> captions
+        total += float(torch.logsumexp(sim[:, i], 0) - sim[i, i]) / (2 * b)   # caption i -> images
+    return total
+
+
+def check_clip_loss(fn, verbose: bool = True) -> Result:
+    """``fn(image_emb (B, D), text_emb (B, D), logit_scale) -> scalar``: Eq. (ch4-eq-infonce)."""
+
+    def check():
+        g = torch.Generator().manual_seed(4)
+        for b, d, s in ((2, 3, 1.0), (5, 8, 14.3), (9, 4, 60.0)):
+            u = torch.randn(b, d, generator=g, dtype=torch.float64) * 3
+            v = torch.randn(b, d, generator=g, dtype=torch.float64) * 0.5
+            got = fn(u, v, s)
+            assert isinstance(got, torch.Tensor) and got.numel() == 1, \
+                f"return a scalar tensor, got {type(got).__name__} {tuple(getattr(got, 'shape', ()))}"
+            want = _loop_loss(u, v, s)
+            assert math.isclose(float(got), want, rel_tol=1e-5, abs_tol=1e-6), \
+                f"B={b}, scale={s}: got {float(got):.6f}, expected {want:.6f}"
+
+    return run_check("symmetric InfoNCE loss", check,
+                     "normalise both embeddings to unit length, logits = scale * u @ v.T, then average "
+                     "F.cross_entropy(logits, arange(B)) and F.cross_entropy(logits.T, arange(B))",
+                     verbose=verbose)
+
+
+def check_recall_at_k(fn, verbose: bool = True) -> Result:
+    """``fn(sim (N, N), k) -> float``: the fraction of rows ``i`` (captions) whose column ``i``
+    (their own image) is among the ``k`` largest entries of the row."""
+
+    def check():
+        g = torch.Generator().manual_seed(5)
+        for n, k in ((4, 1), (10, 1), (10, 3), (25, 5), (6, 6)):
+            sim = torch.randn(n, n, generator=g)
+            sim += torch.eye(n) * torch.rand(n, generator=g) * 3   # some rows find their image
+            got = fn(sim, k)
+            want = sum(int((sim[i] > sim[i, i]).sum()) < k for i in range(n)) / n
+            assert isinstance(got, (float, int)) or (isinstance(got, torch.Tensor) and got.numel() == 1), \
+                f"return a float, got {type(got).__name__}"
+            assert math.isclose(float(got), want, abs_tol=1e-6), f"N={n}, k={k}: got {float(got)}, expected {want}"
+
+    return run_check("recall@k", check, "for each row i take sim[i].topk(k).indices and check whether i is "
+                     "among them; average over rows", verbose=verbose)
+
+
+def check_zero_shot(fn, verbose: bool = True) -> Result:
+    """``fn(image_emb (B, E), class_emb (C, E)) -> (B,)`` long: the class of highest *cosine* similarity."""
+
+    def check():
+        g = torch.Generator().manual_seed(6)
+        for b, c, e in ((3, 4, 5), (20, 18, 8)):
+            u = torch.randn(b, e, generator=g)
+            v = torch.randn(c, e, generator=g) * torch.rand(c, 1, generator=g) * 10  # very different lengths
+            got = fn(u, v)
+            assert isinstance(got, torch.Tensor) and tuple(got.shape) == (b,), \
+                f"return a (B,) = ({b},) tensor of class indices, got {tuple(getattr(got, 'shape', ()))}"
+            want = (torch.nn.functional.normalize(u, dim=1) @ torch.nn.functional.normalize(v, dim=1).T).argmax(1)
+            assert torch.equal(got.long(), want), \
+                f"{int((got.long() != want).sum())} of {b} predictions differ (did you normalise the class embeddings?)"
+
+    return run_check("zero-shot classification", check, "normalise the class embeddings (the image's length "
+                     "does not change the argmax, theirs does) and take the argmax of u @ v.T over classes",
+                     verbose=verbose)
