@@ -57,7 +57,10 @@ def _check_mask(mask: torch.Tensor, target: tuple[int, ...], what: str) -> None:
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  mask: torch.Tensor | None = None):
-    """Scaled dot-product attention, Eq. (1) of Vaswani et al. (derived in chapter 1).
+    """Scaled dot-product attention, Eq. (1) of Vaswani et al.
+
+    Derived in chapter 1, Eq. (ch1-eq-sdpa); the mask is Eq. (ch1-eq-mask), the scale 1/sqrt(d)
+    is motivated by Eq. (ch1-eq-variance).
 
     Args:
         q: queries ``(..., Tq, d)``.
@@ -96,7 +99,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 
 def causal_mask(t: int, device=None) -> torch.Tensor:
-    """The ``(t, t)`` boolean causal mask: position i may attend to positions j <= i."""
+    """The ``(t, t)`` boolean causal mask: position i may attend to positions j <= i (chapter 1)."""
     if not isinstance(t, int) or t < 1:
         raise ValueError(f"causal_mask needs a positive int length, got {t!r}")
     return torch.ones(t, t, dtype=torch.bool, device=device).tril()
@@ -104,6 +107,9 @@ def causal_mask(t: int, device=None) -> torch.Tensor:
 
 def sinusoidal_positions(t: int, d: int, base: float = 10000.0) -> torch.Tensor:
     """Sinusoidal positional encodings ``(t, d)`` (Vaswani et al., Section 3.5).
+
+    Derived in chapter 1, Eq. (ch1-eq-sinusoid); dot products depend only on the offset,
+    Eq. (ch1-eq-offset).
 
     ``PE[pos, 2i] = sin(pos / base^(2i/d))`` and ``PE[pos, 2i+1] = cos(pos / base^(2i/d))``.
     """
@@ -138,6 +144,8 @@ class LearnedPositions(nn.Module):
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (Vaswani et al., Section 3.2.2); self- or cross-attention.
+
+    Derived in chapter 1, Eq. (ch1-eq-mha).
 
     ``forward(x)`` is self-attention. ``forward(x, context)`` is cross-attention: queries come
     from ``x (B, Tq, d_model)``, keys and values from ``context (B, Tk, d_context)``.
@@ -175,7 +183,8 @@ class MultiHeadAttention(nn.Module):
         Args:
             x: ``(B, Tq, d_model)``.
             context: ``(B, Tk, d_context)`` for cross-attention, else ``None``.
-            mask: boolean, broadcastable to ``(B, n_heads, Tq, Tk)``; True = may attend.
+            mask: boolean ``(Tq, Tk)``, ``(B, 1, Tq, Tk)`` or ``(B, n_heads, Tq, Tk)`` (anything
+                4-D broadcastable to the last); True = may attend. 3-D masks are refused as ambiguous.
             key_mask: boolean ``(B, Tk)``: False marks padding keys nobody may attend to
                 (a text mask, for instance).
             causal: also forbid attending to later positions (self-attention only).
@@ -196,6 +205,10 @@ class MultiHeadAttention(nn.Module):
 
         full = None
         if mask is not None:
+            if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+                # (B, Tq, Tk) would silently line B up with the heads axis
+                raise MaskError(f"a 3-D mask {tuple(mask.shape)} is ambiguous (batch or heads first?): expected "
+                                f"(Tq, Tk), (B, 1, Tq, Tk) or (B, n_heads, Tq, Tk) = {(b, self.n_heads, tq, tk)}")
             _check_mask(mask, (b, self.n_heads, tq, tk), "mask")
             full = mask
         if key_mask is not None:
@@ -237,7 +250,7 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """A pre-norm Transformer block, optionally with cross-attention.
+    """A pre-norm Transformer block, optionally with cross-attention (chapter 1, Eq. (ch1-eq-prenorm)).
 
     ``x = x + SelfAttn(LN(x)); [x = x + CrossAttn(LN(x), context)]; x = x + MLP(LN(x))``.
 
