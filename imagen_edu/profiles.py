@@ -34,9 +34,11 @@ class AttentionSettings:
     d_model: int = 32
     n_heads: int = 4
     n_layers: int = 2
-    # steps of the tiny copy/reverse task the chapter trains to show learned attention maps
-    demo_steps: int = 200
+    # steps of the tiny "what colour is the SHAPE?" task the chapter trains to show learned
+    # attention maps (about 300 steps solve it at these sizes)
+    demo_steps: int = 400
     batch_size: int = 64
+    lr: float = 3e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,10 +46,13 @@ class AttentionSettings:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataSettings:
-    """How many images the data page renders and judges."""
+    """How many images the shapes-benchmark page renders and judges, and how it times rendering."""
 
     n_judge_images: int = 200
     n_grid_images: int = 8
+    # batch size and number of batches for the render-speed measurement
+    bench_batch: int = 256
+    bench_batches: int = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,17 +76,51 @@ class LMSettings:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DiffusionSettings:
-    """2-D toy and 32 px unconditional image diffusion of chapter 3."""
+    """2-D toy and 32 px unconditional image diffusion of chapter 3 (defaults = the cpu profile)."""
 
     timesteps: int = 1000
+    schedule: str = "cosine"
+    # v-prediction: after 5 CPU minutes it gives far cleaner shapes than eps (measured, chapter 3)
+    objective: str = "v"
+    # 2-D toy (two moons, tiny MLP)
     toy_steps: int = 2000
     toy_batch: int = 256
+    toy_hidden: int = 128
+    # unconditional U-Net on the shapes benchmark
     image_size: int = 32
-    unet_channels: int = 32
+    unet_channels: int = 16
+    unet_mults: tuple = (1, 2, 4)
     image_steps: int = 1500
     image_batch: int = 32
+    image_max_seconds: float | None = 285.0  # training stops here even if image_steps are not done
+    n_train_images: int = 4000
+    lr: float = 2e-3
+    ema_decay: float = 0.995
     sample_steps: int = 50
     n_samples: int = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 4: CLIP
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CLIPSettings:
+    """Dual encoders trained contrastively on the shapes benchmark in chapter 4."""
+
+    image_size: int = 32
+    embed_dim: int = 64
+    width: int = 64  # CNN channels of the last stage = d_model of the text Transformer
+    text_layers: int = 2
+    text_heads: int = 4
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    # training pool: scenes of the train split rendered once, mirrored at random during training
+    n_train_images: int = 4096
+    two_object_fraction: float = 0.5
+    max_seconds: float | None = 170.0  # training stops here even if the steps are not done
+    n_eval: int = 100  # two-object scenes for retrieval R@1 and the relation probe
+    n_zero_shot: int = 180  # one-object images for zero-shot accuracy
 
 
 @dataclass(frozen=True)
@@ -97,6 +136,7 @@ class Profile:
     data: DataSettings = field(default_factory=DataSettings)
     lm: LMSettings = field(default_factory=LMSettings)
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
+    clip: CLIPSettings = field(default_factory=CLIPSettings)
 
     @property
     def device(self) -> str:
@@ -115,13 +155,16 @@ PROFILES: dict[str, Profile] = {
         description="seconds per chapter; what CI runs (results only show the code paths work)",
         minutes_per_chapter="< 1",
         prefer_cuda=False,
-        attention=AttentionSettings(d_model=16, n_heads=2, n_layers=1, demo_steps=30, batch_size=16),
-        data=DataSettings(n_judge_images=24, n_grid_images=4),
+        attention=AttentionSettings(d_model=32, n_heads=2, n_layers=2, demo_steps=300, batch_size=32),
+        data=DataSettings(n_judge_images=24, n_grid_images=4, bench_batch=32, bench_batches=1),
         lm=LMSettings(d_model=32, n_heads=2, n_layers=1, max_steps=40, batch_size=32, n_samples_eval=20),
         diffusion=DiffusionSettings(
-            timesteps=100, toy_steps=60, toy_batch=128, image_size=16, unet_channels=8,
-            image_steps=4, image_batch=8, sample_steps=5, n_samples=8,
+            timesteps=100, toy_steps=60, toy_batch=128, toy_hidden=64, image_size=16, unet_channels=8,
+            unet_mults=(1, 2), image_steps=4, image_batch=8, image_max_seconds=None, n_train_images=64,
+            sample_steps=5, n_samples=8,
         ),
+        clip=CLIPSettings(image_size=16, width=16, embed_dim=16, text_layers=1, text_heads=2, steps=30,
+                          batch_size=32, n_train_images=128, max_seconds=None, n_eval=20, n_zero_shot=36),
     ),
     "cpu": Profile(
         name="cpu",
@@ -134,13 +177,16 @@ PROFILES: dict[str, Profile] = {
         description="a CUDA GPU (Colab T4 and up): larger models, more steps",
         minutes_per_chapter="1-5",
         prefer_cuda=True,
-        attention=AttentionSettings(d_model=64, n_heads=4, n_layers=2, demo_steps=500, batch_size=128),
-        data=DataSettings(n_judge_images=1000, n_grid_images=8),
+        attention=AttentionSettings(d_model=64, n_heads=4, n_layers=2, demo_steps=600, batch_size=128),
+        data=DataSettings(n_judge_images=1000, n_grid_images=8, bench_batch=512, bench_batches=4),
         lm=LMSettings(d_model=128, n_heads=4, n_layers=4, max_steps=2000, batch_size=128, n_samples_eval=500),
         diffusion=DiffusionSettings(
-            toy_steps=4000, toy_batch=1024, image_size=32, unet_channels=64,
-            image_steps=6000, image_batch=128, sample_steps=100, n_samples=64,
+            toy_steps=4000, toy_batch=1024, toy_hidden=256, image_size=32, unet_channels=64,
+            unet_mults=(1, 2, 2), image_steps=6000, image_batch=128, image_max_seconds=900.0,
+            n_train_images=20000, lr=1e-3, ema_decay=0.999, sample_steps=100, n_samples=64,
         ),
+        clip=CLIPSettings(width=128, embed_dim=128, text_layers=3, steps=3000, batch_size=256,
+                          n_train_images=20000, lr=1e-3, max_seconds=600.0),
     ),
 }
 

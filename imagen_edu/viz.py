@@ -50,7 +50,7 @@ def attention_heatmap(weights, query_labels=None, key_labels=None, ax=None, titl
 
     w = _as_numpy_2d(weights)
     if ax is None:
-        _, ax = plt.subplots(figsize=(0.45 * w.shape[1] + 1.5, 0.45 * w.shape[0] + 1.0))
+        _, ax = plt.subplots(figsize=(min(0.45 * w.shape[1] + 2.0, 10.0), min(0.3 * w.shape[0] + 1.5, 6.0)))
     im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=vmax if vmax is not None else max(float(w.max()), 1e-9),
                    aspect="auto")
     for labels, n, setter, rot in ((query_labels, w.shape[0], ax.set_yticks, 0),
@@ -133,7 +133,7 @@ def _html_matrix(qtokens, ktokens, w):
     return f'<table style="border-collapse:collapse"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
 
 
-def attention_explorer(weights, query_tokens, key_tokens=None, layer_names=None):
+def attention_explorer(weights, query_tokens, key_tokens=None, layer_names=None, query=-1):
     """An ipywidgets explorer of attention maps: pick a layer, a head and a query token.
 
     Everything is precomputed as small HTML widgets and the controls are linked on the
@@ -145,6 +145,7 @@ def attention_explorer(weights, query_tokens, key_tokens=None, layer_names=None)
         query_tokens: the ``Tq`` query token strings.
         key_tokens: the ``Tk`` key token strings (default: the query tokens, self-attention).
         layer_names: optional names for the layers (default ``"layer 0"``, ...).
+        query: the index of the query token selected at first (default: the last one).
 
     Returns:
         an ``ipywidgets.VBox`` (display it, or leave it as the last expression of a cell).
@@ -161,7 +162,10 @@ def attention_explorer(weights, query_tokens, key_tokens=None, layer_names=None)
                              f"Tk={len(key_tokens)}), got {tuple(w.shape)}")
     layer_dd = W.Dropdown(options=layer_names, index=0, description="layer")
     head_dd = W.Dropdown(options=[f"head {h}" for h in range(n_heads)], index=0, description="head")
-    query_tb = W.ToggleButtons(options=[(f"{t}", i) for i, t in enumerate(query_tokens)], index=0,
+    q0 = range(len(query_tokens))[query]  # raises IndexError for a bad index
+    # widgets match options by label, so repeated tokens ("a ... a") get their position appended
+    labels = [f"{t}" if query_tokens.count(t) == 1 else f"{t} ({i})" for i, t in enumerate(query_tokens)]
+    query_tb = W.ToggleButtons(options=list(zip(labels, range(len(labels)))), index=q0,
                                description="query", style={"button_width": "auto"})
     links, layer_pages = [], []
     for w in weights:
@@ -169,7 +173,7 @@ def attention_explorer(weights, query_tokens, key_tokens=None, layer_names=None)
         head_pages = []
         for h in range(n_heads):
             rows = W.Stack([W.HTML(_html_weights_row(key_tokens, w[h][qi], qt))
-                            for qi, qt in enumerate(query_tokens)], selected_index=0)
+                            for qi, qt in enumerate(query_tokens)], selected_index=q0)
             links.append(W.jslink((query_tb, "index"), (rows, "selected_index")))
             head_pages.append(W.VBox([rows, W.HTML(_html_matrix(query_tokens, key_tokens, w[h]))]))
         heads = W.Stack(head_pages, selected_index=0)

@@ -1,0 +1,156 @@
+"""Tests for imagen_edu.unet: shapes, zero-initialised output, conditioning paths, errors."""
+
+import math
+
+import pytest
+import torch
+
+from imagen_edu.unet import UNet, UNetConfig, load_unet, save_unet, timestep_embedding
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one intra-op thread is faster (and steadier on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+SMALL = dict(image_size=16, channels=8, channel_mults=(1, 2), attention_resolutions=(8,), num_heads=2)
+
+
+def randomise_output(model):
+    """Give the zero-initialised output layer random weights (to test what flows through it)."""
+    torch.nn.init.normal_(model.out_conv.weight, std=0.1)
+    torch.nn.init.normal_(model.out_conv.bias, std=0.1)
+    return model
+
+
+def test_timestep_embedding():
+    e = timestep_embedding(torch.tensor([0, 1, 500]), 16)
+    assert e.shape == (3, 16)
+    torch.testing.assert_close(e[0], torch.cat([torch.ones(8), torch.zeros(8)]))
+    # the first frequency is 1: cos(t), sin(t)
+    assert math.isclose(e[1, 0].item(), math.cos(1.0), rel_tol=1e-6)
+    assert math.isclose(e[1, 8].item(), math.sin(1.0), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        timestep_embedding(torch.tensor([1]), 7)
+
+
+def test_output_shape_and_zero_init():
+    torch.manual_seed(0)
+    for cfg in (UNetConfig(**SMALL), UNetConfig(**{**SMALL, "num_res_blocks": (1, 2), "scale_shift": False}),
+                UNetConfig(image_size=32, channels=8, channel_mults=(1, 2, 2))):
+        m = UNet(cfg)
+        x = torch.randn(2, 3, cfg.image_size, cfg.image_size)
+        out = m(x, torch.tensor([3, 7]))
+        assert out.shape == x.shape
+        assert torch.all(out == 0), "the output convolution starts at zero"
+
+
+def test_time_conditioning_changes_output():
+    torch.manual_seed(0)
+    m = randomise_output(UNet(UNetConfig(**SMALL)))
+    x = torch.randn(1, 3, 16, 16).repeat(2, 1, 1, 1)
+    out = m(x, torch.tensor([0, 900]))
+    assert not torch.allclose(out[0], out[1], atol=1e-4)
+    torch.testing.assert_close(m(x, torch.tensor([5, 5]))[0], m(x, torch.tensor([5, 5]))[1])
+
+
+def test_gradients_flow_to_every_parameter():
+    torch.manual_seed(0)
+    m = UNet(UNetConfig(**SMALL))
+    x = torch.randn(2, 3, 16, 16)
+    # with the zero output layer, only the output layer gets gradients at first ...
+    m(x, torch.tensor([1, 2])).pow(2).sum().backward()
+    m.zero_grad()
+    (m(x, torch.tensor([1, 2])) - x).pow(2).mean().backward()
+    assert m.out_conv.weight.grad.abs().sum() > 0
+    # ... and once it is non-zero, everything learns
+    randomise_output(m)
+    m.zero_grad()
+    (m(x, torch.tensor([1, 2])) - x).pow(2).mean().backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, f"no gradient reaches {missing}"
+
+
+def test_skip_scaling_and_attention_present():
+    m = UNet(UNetConfig(**SMALL))
+    n_attn = sum(1 for mod in m.modules() if type(mod).__name__ == "SpatialAttention")
+    assert n_attn >= 2  # at 8x8 in the encoder, middle and decoder
+    from imagen_edu.attention import MultiHeadAttention
+    assert any(isinstance(mod, MultiHeadAttention) for mod in m.modules())
+
+
+def test_pooled_cond_and_cross_attention_with_mask():
+    torch.manual_seed(0)
+    cfg = UNetConfig(**SMALL, cond_dim=6, context_dim=12)
+    m = randomise_output(UNet(cfg))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 10])
+    cond = torch.randn(2, 6)
+    ctx = torch.randn(2, 5, 12)
+    mask = torch.tensor([[True, True, True, False, False]] * 2)
+    out = m(x, t, cond=cond, context=ctx, context_mask=mask)
+    assert out.shape == x.shape
+    # masked tokens are ignored: changing them changes nothing
+    ctx2 = ctx.clone()
+    ctx2[:, 3:] = torch.randn(2, 2, 12) * 10
+    torch.testing.assert_close(m(x, t, cond=cond, context=ctx2, context_mask=mask), out)
+    # unmasked tokens matter, and so does the pooled vector
+    ctx3 = ctx.clone()
+    ctx3[:, 0] = torch.randn(2, 12)  # (a constant shift would be removed by the LayerNorm)
+    assert not torch.allclose(m(x, t, cond=cond, context=ctx3, context_mask=mask), out, atol=1e-5)
+    assert not torch.allclose(m(x, t, cond=cond + 1, context=ctx, context_mask=mask), out, atol=1e-5)
+    with pytest.raises(ValueError, match="cond"):
+        m(x, t, context=ctx)
+    with pytest.raises(ValueError, match="context"):
+        m(x, t, cond=cond)
+    with pytest.raises(ValueError, match="context_mask"):
+        m(x, t, cond=cond, context=ctx, context_mask=mask.float())
+
+
+def test_lowres_super_resolution_inputs():
+    torch.manual_seed(0)
+    m = randomise_output(UNet(UNetConfig(**SMALL, lowres_channels=3)))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    low = torch.randn(2, 3, 8, 8)
+    out = m(x, t, lowres=low, lowres_noise_level=torch.tensor([0.0, 0.0]))
+    assert out.shape == x.shape
+    assert not torch.allclose(m(x, t, lowres=low, lowres_noise_level=torch.tensor([0.5, 0.5])), out, atol=1e-5)
+    assert not torch.allclose(m(x, t, lowres=-low), out, atol=1e-5)
+    with pytest.raises(ValueError, match="lowres"):
+        m(x, t)
+
+
+def test_bad_shapes_and_configs_raise():
+    m = UNet(UNetConfig(**SMALL))
+    with pytest.raises(ValueError, match=r"\(B, 3, 16, 16\)"):
+        m(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"\(B, 3, 16, 16\)"):
+        m(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        m(torch.randn(3, 16, 16), torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"t must be \(B,\)"):
+        m(torch.randn(2, 3, 16, 16), torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="no cross-attention"):
+        m(torch.randn(2, 3, 16, 16), torch.tensor([1, 2]), context=torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="divisible"):
+        UNetConfig(image_size=20, channel_mults=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="one entry per level"):
+        UNetConfig(**{**SMALL, "num_res_blocks": (1, 1, 1)})
+    with pytest.raises(ValueError, match="divisible by groups"):
+        UNetConfig(channels=10, groups=8)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = randomise_output(UNet(UNetConfig(**SMALL)))
+    p = save_unet(m, tmp_path / "u.safetensors", extra={"schedule": "cosine"})
+    m2, extra = load_unet(p)
+    assert extra == {"schedule": "cosine"} and m2.config == m.config
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([4])
+    m.eval()
+    torch.testing.assert_close(m2(x, t), m(x, t))
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_unet(tmp_path / "missing.safetensors")
