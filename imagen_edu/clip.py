@@ -36,6 +36,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import LearnedPositions, Transformer
+from .profiles import torch_threads
 from .tokenizer import WordTokenizer, default_tokenizer
 
 __all__ = [
@@ -418,16 +419,9 @@ def train(model: CLIPModel, images: torch.Tensor, captions, *, steps: int, batch
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    old_threads = torch.get_num_threads()
-    use_threads = threads is not None and device.type == "cpu" and threads != old_threads
-    if use_threads:
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(threads, device):
         return _train_loop(model, images, ids, mask, fids, fmask, gen, opt, sched, steps, batch_size, lr,
                            flip, progress, max_seconds)
-    finally:
-        if use_threads:
-            torch.set_num_threads(old_threads)
 
 
 def _train_loop(model, images, ids, mask, fids, fmask, gen, opt, sched, steps, batch_size, lr, flip, progress,

@@ -25,7 +25,6 @@ import json
 import math
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -34,6 +33,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import LearnedPositions, Transformer
+from .profiles import torch_threads
 from .tokenizer import WordTokenizer, default_tokenizer
 
 __all__ = [
@@ -62,23 +62,8 @@ __all__ = [
 SHIPPED_NAME = "lm"
 
 
-@contextmanager
-def cpu_threads(n: int | None, device="cpu"):
-    """Let torch use ``n`` CPU threads inside the block (no-op for ``None`` or a GPU device).
-
-    The models of this chapter are so small that one thread is fastest: splitting a 64-wide
-    matrix product across cores costs more than it saves, and on a busy machine the threads
-    wait on each other. The previous setting is restored on exit.
-    """
-    old = torch.get_num_threads()
-    active = n is not None and torch.device(device).type == "cpu" and n != old
-    if active:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        if active:
-            torch.set_num_threads(old)
+#: Run torch on ``n`` CPU threads inside a ``with`` block (see :func:`imagen_edu.profiles.torch_threads`).
+cpu_threads = torch_threads
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ Each chapter has its own small frozen settings dataclass below (``AttentionSetti
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 ENV_VAR = "IMAGEN_EDU_PROFILE"
@@ -225,3 +226,25 @@ def current() -> Profile:
     """
     name = os.environ.get(ENV_VAR, "").strip()
     return get(name) if name else get(default_name())
+
+
+@contextmanager
+def torch_threads(n: int | None, device="cpu"):
+    """Let torch use ``n`` CPU threads inside the block, restoring the previous count on exit.
+
+    A no-op for ``n=None`` or a non-CPU ``device``. The book's toy models, the renderer and the
+    judge work on small tensors: on one thread they are fastest, since splitting a 64-wide
+    product across cores costs more than it saves, and on a busy machine the threads wait on
+    each other (measured on a shared 2-core machine: two threads were several times slower).
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    active = n is not None and torch.device(device).type == "cpu" and int(n) != old
+    if active:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if active:
+            torch.set_num_threads(old)

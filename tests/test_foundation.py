@@ -102,3 +102,18 @@ def test_toc_lists_every_notebook():
     toc = (ROOT / "_toc.yml").read_text()
     for nb in NOTEBOOKS:
         assert f"book/{nb.stem}" in toc, f"{nb.name} is not in _toc.yml"
+
+
+def test_torch_threads_sets_and_restores():
+    import torch
+
+    before = torch.get_num_threads()
+    with profiles.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with profiles.torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with profiles.torch_threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

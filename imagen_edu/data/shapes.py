@@ -39,7 +39,6 @@ Run ``python -m imagen_edu.data.shapes bench`` for the render speed (JSON).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -48,6 +47,7 @@ import torch
 from einops import rearrange
 
 from .captions import COLOURS, GRAMMAR, HELDOUT_PAIRS, RELATIONS, SHAPES, ParsedCaption, all_captions, parse_caption
+from ..profiles import torch_threads
 
 SPLITS: tuple[str, ...] = ("train", "test", "heldout")
 _SPLIT_CODE = {"train": 0, "test": 1, "heldout": 2}
@@ -302,7 +302,6 @@ def coverage(shape_id: torch.Tensor, cx, cy, s, size: int) -> torch.Tensor:
     return rearrange(overlap, "b (r k) x -> b r k x", k=ss).mean(dim=2)
 
 
-@contextmanager
 def single_thread():
     """Run the enclosed torch code on one CPU thread, restoring the thread count afterwards.
 
@@ -310,14 +309,7 @@ def single_thread():
     images/s) and do not fight a training loop, or other processes, for the cores. Measured on a
     busy 2-core machine, two threads were several times *slower* than one for this work.
     """
-    before = torch.get_num_threads()
-    if before > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if before > 1:
-            torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 def render_batch(scenes, resolution, chunk: int = 128) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -455,10 +447,7 @@ def benchmark(sizes=(32, 64), batch_size: int = 256, n_batches: int = 4, threads
     """
     import time
 
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads or None):
         out = {"batch_size": batch_size, "threads": torch.get_num_threads(), "images_per_s": {}}
         runs = [(str(r), r) for r in sizes] + [("16+32+64", (16, 32, 64))]
         for name, r in runs:
@@ -467,8 +456,6 @@ def benchmark(sizes=(32, 64), batch_size: int = 256, n_batches: int = 4, threads
             for b in range(n_batches):
                 make_batch(batch_size, resolution=r, start=b * batch_size)
             out["images_per_s"][name] = round(n_batches * batch_size / (time.perf_counter() - t0), 1)
-    finally:
-        torch.set_num_threads(before)
     return out
 
 
