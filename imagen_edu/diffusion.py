@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .profiles import torch_threads
 from .unet import timestep_embedding
 
 __all__ = [
@@ -636,8 +637,11 @@ def fit(model: nn.Module, diffusion: GaussianDiffusion, batches: Callable[[int],
         steps: int, lr: float = 1e-3, warmup: int = 0, grad_clip: float | None = 1.0,
         generator: torch.Generator | None = None, progress: bool = True,
         ema: nn.Module | None = None, ema_decay: float = 0.999,
-        max_seconds: float | None = None) -> list[float]:
+        max_seconds: float | None = None, threads: int | None = None) -> list[float]:
     """Train ``model`` with :meth:`GaussianDiffusion.loss` for ``steps`` Adam steps.
+
+    ``threads`` limits torch's CPU threads during training (see
+    :func:`imagen_edu.profiles.torch_threads`): ``1`` is fastest for tiny models such as the 2-D toy.
 
     With ``max_seconds`` training also stops once that much wall time has passed (so a chapter
     keeps its time budget on a slow machine; ``len(losses)`` says how many steps ran).
@@ -658,6 +662,15 @@ def fit(model: nn.Module, diffusion: GaussianDiffusion, batches: Callable[[int],
 
         it = tqdm(it, desc="training", leave=False)
     model.train()
+    with torch_threads(threads, device):
+        _fit_loop(model, diffusion, batches, it, opt, sched, generator, grad_clip, ema, ema_decay,
+                  max_seconds, device, losses)
+    model.eval()
+    return losses
+
+
+def _fit_loop(model, diffusion, batches, it, opt, sched, generator, grad_clip, ema, ema_decay,
+              max_seconds, device, losses):
     start = time.perf_counter()
     for step in it:
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
@@ -680,8 +693,6 @@ def fit(model: nn.Module, diffusion: GaussianDiffusion, batches: Callable[[int],
                 for be, bm in zip(ema.buffers(), model.buffers()):
                     be.copy_(bm)
         losses.append(loss.item())
-    model.eval()
-    return losses
 
 
 # ---------------------------------------------------------------------------------------------
