@@ -11,3 +11,12 @@ def seeded():
 
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with torch on one CPU thread (see imagen_edu.profiles.torch_threads)."""
+    from imagen_edu.profiles import torch_threads
+
+    with torch_threads(1):
+        yield

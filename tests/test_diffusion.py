@@ -13,13 +13,8 @@ from imagen_edu import diffusion as D
 from imagen_edu.diffusion import GaussianDiffusion, beta_schedule, normal_kl
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster (and steadier on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one intra-op thread is faster (and steadier on a shared machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_eps_model(diff: GaussianDiffusion, mu: float, s: float):

@@ -8,13 +8,8 @@ import torch
 from imagen_edu.unet import UNet, UNetConfig, load_unet, save_unet, timestep_embedding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster (and steadier on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: one intra-op thread is faster (and steadier on a shared machine)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(image_size=16, channels=8, channel_mults=(1, 2), attention_resolutions=(8,), num_heads=2)
 
