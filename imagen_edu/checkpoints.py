@@ -37,6 +37,7 @@ __all__ = [
     "entry",
     "verify",
     "load_shipped",
+    "model_cli",
 ]
 
 #: the single safetensors metadata key under which :func:`save` stores its JSON document. One key
@@ -259,3 +260,59 @@ def load_shipped(name: str, device: str = "cpu", manifest=None) -> tuple[dict, d
     ``ValueError``) on a hash mismatch, an unknown name or a corrupt file.
     """
     return load(verify(name, manifest), device=device)
+
+
+def model_cli(argv, *, prog: str, description: str, name: str, filename: str,
+              train_and_measure, load_checkpoint, evaluate_checkpoint, extra_eval_args=None) -> int:
+    """The ``{train,eval}`` command line shared by the models (``python -m imagen_edu.lm``, ``.clip``).
+
+    ``train [--profile P] [--seed S] [--out OUT] [--name NAME] [--no-manifest]`` sets the
+    compute profile, calls ``train_and_measure(profile, seed, out)`` (train with the profile's
+    settings, measure, save the model to ``out``; returns the metrics dict), records the run in
+    the manifest under ``NAME`` with the command ``{prog} train --profile P --seed S --out OUT``
+    and prints the file, its sha256 and the metrics as JSON.
+
+    ``eval [--name NAME] [--ckpt FILE]`` (plus the options ``extra_eval_args(parser)`` adds) calls
+    ``load_checkpoint(ckpt, name)`` (``ckpt`` is ``None`` for the shipped checkpoint ``name``),
+    then ``evaluate_checkpoint(loaded, args, recorded)`` where ``recorded`` holds the metrics
+    the manifest recorded for the shipped checkpoint (``{}`` with ``--ckpt``), and prints the
+    metrics as JSON, with the recorded ``train_seconds`` when there is one. Returns the exit code.
+    """
+    import argparse
+
+    from . import profiles
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train, save a checkpoint and record it in the manifest")
+    tr.add_argument("--profile", default=None, help=f"compute profile, one of {profiles.names()}")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default=str(checkpoint_dir() / filename))
+    tr.add_argument("--name", default=name, help="manifest entry name")
+    tr.add_argument("--no-manifest", action="store_true", help="do not record the run in the manifest")
+    ev = sub.add_parser("eval", help="re-measure the shipped (or a given) checkpoint, print JSON")
+    ev.add_argument("--name", default=name)
+    ev.add_argument("--ckpt", default=None, help="a checkpoint file instead of the shipped one")
+    if extra_eval_args is not None:
+        extra_eval_args(ev)
+    args = ap.parse_args(argv)
+
+    if args.cmd == "train":
+        if args.profile:
+            os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
+        prof = profiles.current()
+        out = Path(args.out)
+        metrics = train_and_measure(prof, args.seed, out)
+        if not args.no_manifest:
+            cmd = f"{prog} train --profile {prof.name} --seed {args.seed} --out {args.out}"
+            register(args.name, out, command=cmd, seed=args.seed, metrics=metrics, profile=prof.name)
+        print(json.dumps({"file": str(out), "sha256": sha256(out), **metrics}, indent=2))
+        return 0
+
+    loaded = load_checkpoint(args.ckpt, args.name)
+    recorded = {} if args.ckpt else entry(args.name).get("metrics", {})
+    metrics = evaluate_checkpoint(loaded, args, recorded)
+    if "train_seconds" in recorded:
+        metrics["train_seconds"] = recorded["train_seconds"]
+    print(json.dumps(metrics, indent=2))
+    return 0

@@ -24,7 +24,6 @@ to train and record the shipped checkpoint, ``python -m imagen_edu.clip eval`` t
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -753,55 +752,27 @@ def rerank(images: torch.Tensor, caption: str, model: CLIPModel | None = None) -
 # ---------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     """``python -m imagen_edu.clip {train,eval}``; see the module docstring."""
-    import argparse
-    import os
-    from pathlib import Path
+    from . import checkpoints
 
-    from . import checkpoints, profiles
-
-    ap = argparse.ArgumentParser(prog="python -m imagen_edu.clip",
-                                 description="Train or evaluate the chapter-4 CLIP model on the shapes benchmark.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="train, save a checkpoint and record it in the manifest")
-    tr.add_argument("--profile", default=None, help=f"compute profile, one of {profiles.names()}")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default=str(checkpoints.checkpoint_dir() / "clip.safetensors"))
-    tr.add_argument("--name", default=SHIPPED_NAME, help="manifest entry name")
-    tr.add_argument("--no-manifest", action="store_true", help="do not record the run in the manifest")
-    ev = sub.add_parser("eval", help="re-measure the shipped (or a given) checkpoint, print JSON")
-    ev.add_argument("--name", default=SHIPPED_NAME)
-    ev.add_argument("--ckpt", default=None, help="a checkpoint file instead of the shipped one")
-    args = ap.parse_args(argv)
-
-    if args.cmd == "train":
-        if args.profile:
-            os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
-        prof = profiles.current()
-        res = train_clip(prof.clip, seed=args.seed, progress=sys.stderr.isatty())
+    def train_and_measure(prof, seed, out):
+        res = train_clip(prof.clip, seed=seed, progress=sys.stderr.isatty())
         model = res.model.to("cpu").eval()
         metrics = evaluate(model, n_zero_shot=prof.clip.n_zero_shot, n_retrieval=prof.clip.n_eval)
         metrics.update(train_seconds=round(res.seconds, 1), final_loss=round(res.losses[-1], 4),
                        steps=len(res.losses), n_params=model.num_params(), train_threads=1)
-        out = Path(args.out)
-        save_model(out, model, {"profile": prof.name, "seed": args.seed, "settings": res.settings})
-        if not args.no_manifest:
-            cmd = f"python -m imagen_edu.clip train --profile {prof.name} --seed {args.seed} --out {args.out}"
-            checkpoints.register(args.name, out, command=cmd, seed=args.seed, metrics=metrics, profile=prof.name)
-        print(json.dumps({"file": str(out), "sha256": checkpoints.sha256(out), **metrics}, indent=2))
-        return 0
+        save_model(out, model, {"profile": prof.name, "seed": seed, "settings": res.settings})
+        return metrics
 
-    if args.ckpt:
-        model, meta = load_model(args.ckpt)
-        recorded = {}
-    else:
-        model = load_shipped(args.name)
-        recorded = checkpoints.entry(args.name).get("metrics", {})
-    metrics = evaluate(model, n_zero_shot=recorded.get("n_zero_shot", 180),
-                       n_retrieval=recorded.get("n_retrieval", 100))
-    if "train_seconds" in recorded:
-        metrics["train_seconds"] = recorded["train_seconds"]
-    print(json.dumps(metrics, indent=2))
-    return 0
+    def evaluate_checkpoint(model, args, recorded):
+        return evaluate(model, n_zero_shot=recorded.get("n_zero_shot", 180),
+                        n_retrieval=recorded.get("n_retrieval", 100))
+
+    return checkpoints.model_cli(
+        argv, prog="python -m imagen_edu.clip", name=SHIPPED_NAME, filename="clip.safetensors",
+        description="Train or evaluate the chapter-4 CLIP model on the shapes benchmark.",
+        train_and_measure=train_and_measure,
+        load_checkpoint=lambda ckpt, name: load_model(ckpt)[0] if ckpt else load_shipped(name),
+        evaluate_checkpoint=evaluate_checkpoint)
 
 
 if __name__ == "__main__":

@@ -516,56 +516,30 @@ def evaluate(model: nn.Module, tok: WordTokenizer, n_samples: int = 200, seed: i
 
 def main(argv=None) -> int:
     """``python -m imagen_edu.lm {train,eval}``; see the module docstring."""
-    import argparse
-    import os
-    from pathlib import Path
+    from . import checkpoints
 
-    from . import checkpoints, profiles
-
-    ap = argparse.ArgumentParser(prog="python -m imagen_edu.lm",
-                                 description="Train or evaluate the chapter-2 caption language model.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="train, save a checkpoint and record it in the manifest")
-    tr.add_argument("--profile", default=None, help=f"compute profile, one of {profiles.names()}")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default=str(checkpoints.checkpoint_dir() / "lm.safetensors"))
-    tr.add_argument("--name", default=SHIPPED_NAME, help="manifest entry name")
-    tr.add_argument("--no-manifest", action="store_true", help="do not record the run in the manifest")
-    ev = sub.add_parser("eval", help="re-measure the shipped (or a given) checkpoint, print JSON")
-    ev.add_argument("--name", default=SHIPPED_NAME)
-    ev.add_argument("--ckpt", default=None, help="a checkpoint file instead of the shipped one")
-    ev.add_argument("--n", type=int, default=200, help="samples for the grammar rate")
-    ev.add_argument("--seed", type=int, default=0, help="sampling seed")
-    args = ap.parse_args(argv)
-
-    if args.cmd == "train":
-        if args.profile:
-            os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
-        prof = profiles.current()
-        res = train_lm(prof.lm, seed=args.seed, progress=sys.stderr.isatty())
+    def train_and_measure(prof, seed, out):
+        res = train_lm(prof.lm, seed=seed, progress=sys.stderr.isatty())
         model = res.model.to("cpu").eval()
         metrics = evaluate(model, res.tokenizer, n_samples=prof.lm.n_samples_eval, seed=0)
         metrics.update(train_seconds=round(res.seconds, 1), final_loss=round(res.losses[-1], 4),
                        n_params=model.num_params(), steps=prof.lm.max_steps, train_threads=1)
-        out = Path(args.out)
-        save_model(out, model, res.tokenizer, {"profile": prof.name, "seed": args.seed, "settings": res.settings})
-        if not args.no_manifest:
-            cmd = f"python -m imagen_edu.lm train --profile {prof.name} --seed {args.seed} --out {args.out}"
-            checkpoints.register(args.name, out, command=cmd, seed=args.seed, metrics=metrics, profile=prof.name)
-        print(json.dumps({"file": str(out), "sha256": checkpoints.sha256(out), **metrics}, indent=2))
-        return 0
+        save_model(out, model, res.tokenizer, {"profile": prof.name, "seed": seed, "settings": res.settings})
+        return metrics
 
-    if args.ckpt:
-        model, tok, meta = load_model(args.ckpt)
-        recorded = {}
-    else:
-        model, tok = load_shipped(args.name)
-        recorded = checkpoints.entry(args.name).get("metrics", {})
-    metrics = evaluate(model, tok, n_samples=args.n, seed=args.seed)
-    if "train_seconds" in recorded:
-        metrics["train_seconds"] = recorded["train_seconds"]
-    print(json.dumps(metrics, indent=2))
-    return 0
+    def load_checkpoint(ckpt, name):
+        return load_model(ckpt)[:2] if ckpt else load_shipped(name)
+
+    def extra_eval_args(ev):
+        ev.add_argument("--n", type=int, default=200, help="samples for the grammar rate")
+        ev.add_argument("--seed", type=int, default=0, help="sampling seed")
+
+    return checkpoints.model_cli(
+        argv, prog="python -m imagen_edu.lm", name=SHIPPED_NAME, filename="lm.safetensors",
+        description="Train or evaluate the chapter-2 caption language model.",
+        train_and_measure=train_and_measure, load_checkpoint=load_checkpoint,
+        evaluate_checkpoint=lambda m, args, recorded: evaluate(*m, n_samples=args.n, seed=args.seed),
+        extra_eval_args=extra_eval_args)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,48 @@ def test_foreign_safetensors_metadata_is_returned_raw(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "f.safetensors"), metadata={"format": "pt"})
     state, meta = ck.load(tmp_path / "f.safetensors")
     assert meta == {"format": "pt"} and torch.equal(state["w"], torch.zeros(2))
+
+
+def test_model_cli_train_registers_and_eval_reports(tmp_path, monkeypatch, capsys):
+    """The shared ``{train,eval}`` command line, with stand-in callables and a temporary manifest."""
+    monkeypatch.setattr(ck, "manifest_path", lambda: tmp_path / "manifest.json")
+    monkeypatch.delenv("IMAGEN_EDU_PROFILE", raising=False)
+    calls = []
+
+    def train_and_measure(prof, seed, out):
+        calls.append(("train", prof.name, seed, out.name))
+        ck.save(out, _state(), {"seed": seed})
+        return {"acc": 0.5, "train_seconds": 1.5}
+
+    def load_checkpoint(ckpt, name):
+        calls.append(("load", ckpt, name))
+        return "model"
+
+    def evaluate_checkpoint(model, args, recorded):
+        calls.append(("eval", model, args.k, recorded))
+        return {"acc": 0.25}
+
+    kw = dict(prog="python -m imagen_edu.toy", description="toy", name="toy", filename="toy.safetensors",
+              train_and_measure=train_and_measure, load_checkpoint=load_checkpoint,
+              evaluate_checkpoint=evaluate_checkpoint,
+              extra_eval_args=lambda ev: ev.add_argument("--k", type=int, default=7))
+    out = tmp_path / "toy.safetensors"
+    assert ck.model_cli(["train", "--profile", "ci", "--seed", "3", "--out", str(out)], **kw) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"file": str(out), "sha256": ck.sha256(out), "acc": 0.5, "train_seconds": 1.5}
+    ent = ck.entry("toy")
+    assert ent["command"] == f"python -m imagen_edu.toy train --profile ci --seed 3 --out {out}"
+    assert (ent["seed"], ent["profile"], ent["metrics"]) == (3, "ci", {"acc": 0.5, "train_seconds": 1.5})
+    assert calls[0] == ("train", "ci", 3, "toy.safetensors")
+
+    assert ck.model_cli(["eval"], **kw) == 0
+    assert json.loads(capsys.readouterr().out) == {"acc": 0.25, "train_seconds": 1.5}
+    assert calls[1:] == [("load", None, "toy"), ("eval", "model", 7, {"acc": 0.5, "train_seconds": 1.5})]
+
+    assert ck.model_cli(["eval", "--ckpt", str(out), "--k", "2"], **kw) == 0
+    assert json.loads(capsys.readouterr().out) == {"acc": 0.25}
+    assert calls[3:] == [("load", str(out), "toy"), ("eval", "model", 2, {})]
+
+    with pytest.raises(SystemExit) as err:
+        ck.model_cli([], **kw)
+    assert err.value.code == 2
