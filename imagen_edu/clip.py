@@ -28,6 +28,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from torch import nn
 
 from .attention import LearnedPositions, Transformer
 from .profiles import torch_threads
+from .train import lr_at
 from .tokenizer import WordTokenizer, default_tokenizer
 
 __all__ = [
@@ -411,13 +413,9 @@ def train(model: CLIPModel, images: torch.Tensor, captions, *, steps: int, batch
     gen = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
 
-    def lr_at(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    # linear warm-up, then cosine decay to 10% (the trainer's schedule, chapter 6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_at, base_lr=1.0, warmup_steps=warmup,
+                                                           total_steps=steps, min_lr_ratio=0.1))
     with torch_threads(threads, device):
         return _train_loop(model, images, ids, mask, fids, fmask, gen, opt, sched, steps, batch_size, lr,
                            flip, progress, max_seconds)
