@@ -124,6 +124,63 @@ class CLIPSettings:
     n_zero_shot: int = 180  # one-object images for zero-shot accuracy
 
 
+# ---------------------------------------------------------------------------------------------
+# Chapter 5: Imagen
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImagenSettings:
+    """The toy Imagen cascade of chapter 5 (defaults = the cpu profile): a 16 px base stage and a
+    16 -> 32 px super-resolution stage, both reading the chapter-2 language model's token states.
+
+    The two stages train independently (the super-resolution stage learns from exact low/high
+    resolution renders), so on 2 cores they train side by side, one thread each, within
+    ``*_max_seconds``. Built into :class:`imagen_edu.imagen.StageConfig` by
+    :func:`imagen_edu.imagen.stage_config`.
+    """
+
+    # the chapter-2 LM read at its input and output layers (imagen_edu.imagen.LMWordsAndStates)
+    text_encoder: str = "lm+words"
+    timesteps: int = 1000
+    objective: str = "v"
+    lr: float = 2e-3
+    ema_decay: float = 0.995
+    cond_drop_prob: float = 0.1
+    n_train_images: int = 20000
+    # base stage
+    base_resolution: int = 16
+    base_channels: int = 32
+    base_mults: tuple = (1, 2, 2)
+    base_res_blocks: tuple = (1, 2, 2)
+    base_attention: tuple = (8, 4)
+    base_cross_attention: tuple = (16, 8, 4)
+    base_two_object_fraction: float = 0.75
+    base_steps: int = 2600
+    base_batch: int = 32
+    base_max_seconds: float | None = 960.0
+    base_guidance: float = 3.0
+    base_sample_steps: int = 25
+    base_threshold: str = "static"
+    base_eta: float = 1.0
+    # super-resolution stage (noise-conditioning augmentation: uniform in [0, aug_max_level] in
+    # training, aug_sample_level at sampling)
+    sr_resolution: int = 32
+    sr_channels: int = 16
+    sr_mults: tuple = (1, 2, 4)
+    sr_res_blocks: int = 1
+    sr_cross_attention: tuple = (16, 8)
+    sr_steps: int = 2600
+    sr_batch: int = 32
+    sr_max_seconds: float | None = 960.0
+    sr_sample_steps: int = 15
+    sr_threshold: str = "static"
+    aug_max_level: float = 0.5
+    aug_sample_level: float = 0.1
+    # evaluation and figures
+    n_eval: int = 200
+    guidance_sweep: tuple = (1.0, 2.0, 3.0, 5.0, 8.0)
+    n_grid: int = 8
+
+
 @dataclass(frozen=True)
 class Profile:
     """A complete compute profile. Frozen: pick another profile instead of editing one."""
@@ -138,6 +195,7 @@ class Profile:
     lm: LMSettings = field(default_factory=LMSettings)
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
     clip: CLIPSettings = field(default_factory=CLIPSettings)
+    imagen: ImagenSettings = field(default_factory=ImagenSettings)
 
     @property
     def device(self) -> str:
@@ -166,6 +224,13 @@ PROFILES: dict[str, Profile] = {
         ),
         clip=CLIPSettings(image_size=16, width=16, embed_dim=16, text_layers=1, text_heads=2, steps=30,
                           batch_size=32, n_train_images=128, max_seconds=None, n_eval=20, n_zero_shot=36),
+        imagen=ImagenSettings(
+            timesteps=100, n_train_images=64, base_resolution=8, base_channels=8, base_mults=(1, 2),
+            base_res_blocks=(1, 1), base_attention=(4,), base_cross_attention=(4,), base_steps=4, base_batch=8,
+            base_max_seconds=None, base_sample_steps=4, sr_resolution=16, sr_channels=8, sr_mults=(1, 2),
+            sr_cross_attention=(8,), sr_steps=4, sr_batch=8, sr_max_seconds=None, sr_sample_steps=4, n_eval=8,
+            guidance_sweep=(1.0, 3.0), n_grid=4,
+        ),
     ),
     "cpu": Profile(
         name="cpu",
@@ -188,6 +253,11 @@ PROFILES: dict[str, Profile] = {
         ),
         clip=CLIPSettings(width=128, embed_dim=128, text_layers=3, steps=3000, batch_size=256,
                           n_train_images=20000, lr=1e-3, max_seconds=600.0),
+        imagen=ImagenSettings(
+            lr=1e-3, ema_decay=0.999, n_train_images=50000, base_channels=64, base_res_blocks=(2, 2, 2),
+            base_steps=8000, base_batch=128, base_max_seconds=1200.0, sr_channels=32, sr_mults=(1, 2, 2),
+            sr_steps=4000, sr_batch=128, sr_max_seconds=600.0, n_eval=500,
+        ),
     ),
 }
 
