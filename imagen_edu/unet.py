@@ -20,10 +20,7 @@ Derived in chapter 3 (unconditional) and chapter 5 (conditioning).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -369,40 +366,28 @@ class UNet(nn.Module):
 # Saving and loading (safetensors, atomic)
 # ---------------------------------------------------------------------------------------------
 def save_unet(model: UNet, path, extra: dict | None = None) -> Path:
-    """Write ``model``'s weights and config to ``path`` (safetensors, atomically)."""
-    from safetensors.torch import save_file
+    """Write ``model``'s weights and config to ``path`` (safetensors, atomically: see
+    :func:`imagen_edu.checkpoints.save`). ``extra`` is any JSON-ready dict stored beside them."""
+    from . import checkpoints
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"unet_config": json.dumps(asdict(model.config)), "extra": json.dumps(extra or {})}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return checkpoints.save(path, model.state_dict(),
+                            {"unet_config": asdict(model.config), "extra": extra or {}})
 
 
 def load_unet(path, device="cpu") -> tuple[UNet, dict]:
     """Load a :func:`save_unet` file: returns ``(model in eval mode, extra dict)``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from . import checkpoints
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    state, meta = checkpoints.load(path)
     if "unet_config" not in meta:
         raise ValueError(f"{path} is not a UNet checkpoint written by save_unet (no unet_config metadata)")
-    cfg = json.loads(meta["unet_config"])
+    cfg = dict(meta["unet_config"])
     for k in ("channel_mults", "attention_resolutions", "cross_attention_resolutions", "num_res_blocks"):
         if isinstance(cfg.get(k), list):
             cfg[k] = tuple(cfg[k])
     model = UNet(UNetConfig(**cfg))
-    model.load_state_dict(load_file(str(path), device="cpu"))
-    return model.to(device).eval(), json.loads(meta.get("extra", "{}"))
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta.get("extra", {})
