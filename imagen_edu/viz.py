@@ -356,3 +356,60 @@ def image_search_widget(images, search, options, k: int = 5, value: str | None =
 
     box.observe(on_change, names="value")
     return W.VBox([box, out])
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise solutions (the appendix "Exercise solutions" and each chapter's hidden solution cells)
+# ---------------------------------------------------------------------------------------------
+def solution_functions(module) -> list:
+    """The reference solutions of an exercise module (``imagen_edu.exercises.chNN``).
+
+    Returns ``[(name, function), ...]`` for every ``solution_*`` function the module defines, in
+    the order of its source (the order of the chapter's exercises).
+    """
+    found = [(n, f) for n, f in vars(module).items()
+             if n.startswith("solution_") and inspect.isfunction(f) and f.__module__ == module.__name__]
+    return sorted(found, key=lambda nf: inspect.getsourcelines(nf[1])[1])
+
+
+def check_solutions(module) -> dict:
+    """Run each ``solution_X`` of an exercise module through the module's ``check_X``.
+
+    Returns ``{name: Result}`` for the solutions that have a check; raises ``AssertionError``
+    naming the first solution that fails its own check.
+    """
+    results = {}
+    for name, fn in solution_functions(module):
+        check = getattr(module, "check_" + name[len("solution_"):], None)
+        if check is None:
+            continue
+        res = check(fn, verbose=False)
+        if not res:
+            raise AssertionError(f"{module.__name__}.{name} fails its check: {res!r}")
+        results[name] = res
+    return results
+
+
+def show_solutions(module, heading: str) -> None:
+    """Display every reference solution of an exercise module under a heading.
+
+    For each ``solution_X``: the task (the docstring of ``check_X``), the idea (the solution's own
+    docstring), its source and the check's verdict. Nothing is shown for a module without solutions.
+    """
+    sols = solution_functions(module)
+    if not sols:
+        return
+    from IPython.display import Markdown, display
+
+    verdicts = check_solutions(module)
+    display(Markdown(f"## {heading}"))
+    for name, fn in sols:
+        stem = name[len("solution_"):]
+        check = getattr(module, "check_" + stem, None)
+        task = inspect.getdoc(check) if check is not None else ""
+        idea = inspect.getdoc(fn) or ""
+        text = f"**{stem.replace('_', ' ').capitalize()}.** {task}\n\n*Idea:* {idea}"
+        if name in verdicts:
+            text += f"\n\n*Check:* `{verdicts[name]!r}`"
+        display(Markdown(text))
+        show_source(fn)

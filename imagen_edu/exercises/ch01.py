@@ -150,3 +150,45 @@ def check_split_heads(fn, *, verbose: bool = True) -> Result:
         assert math.prod(fn(torch.zeros(1, 5, 12), 3).shape) == 60
 
     return run_check("split heads", body, "einops: rearrange(x, 'b t (h d) -> b h t d', h=h)", verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference solutions: the chapter's hidden solution cells and the appendix render these with
+# imagen_edu.viz.show_source, and each one passes the check of the same name.
+# ---------------------------------------------------------------------------------------------
+def solution_softmax(s: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis, stable for large scores: subtracting the row maximum changes
+    nothing (it cancels between numerator and denominator) but keeps every exponent <= 0."""
+    e = torch.exp(s - s.max(dim=-1, keepdim=True).values)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def solution_causal_mask(t: int) -> torch.Tensor:
+    """``(t, t)`` bool: row i (a query) may see columns j <= i, the lower triangle with the diagonal."""
+    return torch.ones(t, t, dtype=torch.bool).tril()
+
+
+def solution_attention(q, k, v, mask=None):
+    """Eq. ch1-eq-sdpa with the mask of Eq. ch1-eq-mask: ``q (.., Tq, d)``, ``k (.., Tk, d)``,
+    ``v (.., Tk, dv)`` -> ``(output (.., Tq, dv), weights (.., Tq, Tk))``."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # forbidden keys get exactly zero weight
+    weights = torch.softmax(scores, dim=-1)  # over the keys
+    return weights @ v, weights
+
+
+def solution_positions(t: int, d: int) -> torch.Tensor:
+    """Eq. ch1-eq-sinusoid: ``(t, d)``, sines in the even columns and cosines in the odd ones."""
+    freq = 10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # 10000^(2i/d)
+    angle = torch.arange(t, dtype=torch.float32)[:, None] / freq  # (t, d/2)
+    pe = torch.zeros(t, d)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(angle), torch.cos(angle)
+    return pe
+
+
+def solution_split_heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """``(B, T, D) -> (B, h, T, D/h)``: split the feature axis into (h, D/h), then move h before T."""
+    from einops import rearrange
+
+    return rearrange(x, "b t (h d) -> b h t d", h=h)

@@ -84,3 +84,37 @@ def check_top_p(fn, verbose: bool = True) -> Result:
 
     return run_check("top-p filter", check, "sort the probabilities in descending order, take the cumulative "
                      "sum, keep a token while the mass *before* it is < p, then undo the sort", verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference solutions: the chapter's hidden solution cells and the appendix render these with
+# imagen_edu.viz.show_source, and each one passes the check of the same name.
+# ---------------------------------------------------------------------------------------------
+def solution_bigram_counts(tok, texts) -> torch.Tensor:
+    """Eq. (ch2-eq-bigram): ``(V, V)`` counts; every neighbouring pair (a, b) of token ids of an
+    encoded text (``<bos>`` and ``<eos>`` included) adds one to ``counts[a, b]``."""
+    counts = torch.zeros(tok.vocab_size, tok.vocab_size)
+    for text in texts:
+        seq = tok.encode(text)
+        for a, b in zip(seq[:-1], seq[1:]):
+            counts[a, b] += 1
+    return counts
+
+
+def solution_next_token_loss(logits, targets, mask) -> torch.Tensor:
+    """Eq. (ch2-eq-nll): ``logits (B, T, V)``, ``targets (B, T)``, ``mask (B, T)`` -> scalar,
+    the mean negative log-probability of the targets over the positions where mask is True."""
+    logp = torch.log_softmax(logits, dim=-1)
+    nll = -logp.gather(-1, targets[..., None])[..., 0]  # (B, T)
+    return nll[mask].mean()
+
+
+def solution_top_p(logits, p: float) -> torch.Tensor:
+    """Nucleus filtering of ``logits (B, V)``: sorted by probability, a token is dropped when the
+    mass of the tokens before it already reaches ``p``, so the most likely token always stays."""
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= p  # mass *before* each token
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # undo the sort
+    return logits.masked_fill(drop, float("-inf"))

@@ -75,3 +75,38 @@ def check_ddim_step(fn, verbose: bool = True):
     return run_check("DDIM step", body,
                      "x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); "
                      "x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps", verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference solutions: the chapter's hidden solution cells and the appendix render these with
+# imagen_edu.viz.show_source, and each one passes the check of the same name.
+# ---------------------------------------------------------------------------------------------
+def solution_q_sample(x0, t, noise, alphas_cumprod):
+    """Eq. ch3-eq-closed-form (Eq. (4) of Ho et al.): ``x0 (B, D)``, ``t (B,)`` -> ``x_t (B, D)``;
+    the per-example abar_t is reshaped to ``(B, 1)`` so that it broadcasts over D."""
+    ab = alphas_cumprod[t].view(-1, 1)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def solution_posterior_mean(x0, xt, t, betas):
+    """Eq. ch3-eq-posterior (Eq. (7) of Ho et al.): the mean of q(x_{t-1} | x_t, x_0), a weighted
+    sum of x_0 and x_t, for indices ``t >= 1``."""
+    ab = torch.cumprod(1 - betas, 0)
+    abt, abp = ab[t].view(-1, 1), ab[t - 1].view(-1, 1)
+    bt = betas[t].view(-1, 1)
+    return abp.sqrt() * bt / (1 - abt) * x0 + (1 - bt).sqrt() * (1 - abp) / (1 - abt) * xt
+
+
+def solution_cosine_schedule(T: int, s: float = 0.008) -> torch.Tensor:
+    """Eq. ch3-eq-cosine (Eq. (17) of Nichol and Dhariwal): ``(T,)`` float64 betas from the ratios of
+    consecutive f(t) = cos^2(((t/T + s) / (1 + s)) pi/2), clipped at 0.999."""
+    u = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((u + s) / (1 + s) * torch.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+
+
+def solution_ddim_step(xt, eps_hat, abar_t: float, abar_prev: float):
+    """Eq. ch3-eq-ddim with eta = 0: estimate x_0 from the predicted noise, then move it to the
+    earlier noise level with the *same* noise direction (no fresh noise)."""
+    x0_hat = (xt - (1 - abar_t) ** 0.5 * eps_hat) / abar_t ** 0.5
+    return abar_prev ** 0.5 * x0_hat + (1 - abar_prev) ** 0.5 * eps_hat

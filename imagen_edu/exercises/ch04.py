@@ -85,3 +85,31 @@ def check_zero_shot(fn, verbose: bool = True) -> Result:
     return run_check("zero-shot classification", check, "normalise the class embeddings (the image's length "
                      "does not change the argmax, theirs does) and take the argmax of u @ v.T over classes",
                      verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference solutions: the chapter's hidden solution cells and the appendix render these with
+# imagen_edu.viz.show_source, and each one passes the check of the same name.
+# ---------------------------------------------------------------------------------------------
+def solution_clip_loss(image_emb, text_emb, logit_scale) -> torch.Tensor:
+    """Eq. ch4-eq-infonce: ``(B, D)``, ``(B, D)``, scale -> scalar. Row i of the logits classifies
+    image i among the captions, column i caption i among the images; the right answer is the diagonal."""
+    F = torch.nn.functional
+    u = F.normalize(image_emb, dim=1)
+    v = F.normalize(text_emb, dim=1)
+    logits = logit_scale * u @ v.T
+    t = torch.arange(u.shape[0])
+    return (F.cross_entropy(logits, t) + F.cross_entropy(logits.T, t)) / 2
+
+
+def solution_recall_at_k(sim, k: int) -> float:
+    """``sim (N, N)`` -> the share of rows i whose own column i is among the row's k largest entries."""
+    top = sim.topk(k, dim=1).indices  # (N, k)
+    return (top == torch.arange(sim.shape[0])[:, None]).any(dim=1).float().mean().item()
+
+
+def solution_zero_shot(image_emb, class_emb) -> torch.Tensor:
+    """Eq. ch4-eq-zeroshot: ``(B, E)``, ``(C, E)`` -> ``(B,)``. The image's length scales a whole
+    row of scores (the argmax does not change); a class's length scales a column (it does), so only
+    the class embeddings must be normalised."""
+    return (image_emb @ torch.nn.functional.normalize(class_emb, dim=1).T).argmax(dim=1)

@@ -86,3 +86,33 @@ def check_relation(fn, *, verbose: bool = True) -> Result:
 
     return run_check("relation", body, "'left of': a's right edge (x1) <= b's left edge (x0); y points down, "
                      "so 'above' compares a's bottom (y1) with b's top (y0)", verbose=verbose)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference solutions: the page's hidden solution cells and the appendix render these with
+# imagen_edu.viz.show_source, and each one passes the check of the same name.
+# ---------------------------------------------------------------------------------------------
+def solution_half_width(shape: str, dy: torch.Tensor, h: float) -> torch.Tensor:
+    """Eq. data-eq-halfwidth: the half-width of the horizontal cross-section ``dy`` below the centre
+    (circle: Pythagoras; square: constant; triangle: grows linearly from the apex at dy = -h)."""
+    w = {"circle": (h * h - dy * dy).clamp(min=0).sqrt(), "square": torch.full_like(dy, h),
+         "triangle": (dy + h) / 2}[shape]
+    return torch.where(dy.abs() <= h, w, torch.zeros_like(w))
+
+
+def solution_shape_features(mask: torch.Tensor):
+    """Eq. data-eq-features on pixels: ``mask (H, W)`` bool -> ``(fill, mass_y)``, the share of the
+    bounding box covered and the height of the centre of mass (from the box's top, in box heights)."""
+    rows, cols = mask.nonzero(as_tuple=True)
+    w = (cols.max() - cols.min() + 1).item()
+    h = (rows.max() - rows.min() + 1).item()
+    return len(rows) / (w * h), (rows.float().mean().item() + 0.5 - rows.min().item()) / h
+
+
+def solution_relation(box_a, box_b, relation: str) -> bool:
+    """``a RELATION b`` for boxes ``(x0, y0, x1, y1)`` with y pointing down: the gap of
+    Eq. data-eq-margin between the facing edges must be >= 0."""
+    a, b = box_a, box_b
+    gap = {"left of": b[0] - a[2], "right of": a[0] - b[2],
+           "above": b[1] - a[3], "below": a[1] - b[3]}[relation]
+    return gap >= 0
