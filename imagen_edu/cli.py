@@ -1,4 +1,4 @@
-"""The command line: ``python -m imagen_edu train | sample | eval | bench`` (chapter 5).
+"""The command line: ``python -m imagen_edu train | sample | eval | bench | configs | embed`` (chapters 5, 6).
 
 * ``train --stage base|sr1|sr2 --profile P --out DIR [--resume]``: train one stage of the cascade
   with the profile's recipe; writes ``DIR/imagen_STAGE.safetensors`` (EMA weights, for sampling),
@@ -11,7 +11,20 @@
   ``LINE`` the 0-based line number and ``K`` the sample index.
 * ``eval``: the analytic judge's accuracies on ``--n`` (>= 200 for the book's figures) ``test``
   and ``heldout`` captions (one- and two-object half and half), printed as JSON.
-* ``bench``: training images/s of each stage and sampling seconds per image of the cascade.
+  Chapter 6 adds ``--data shapes|folder:PATH|cifar10:ROOT|mnist:ROOT|fashion_mnist:ROOT``
+  (real captioned images, :mod:`imagen_edu.data.real`; ``--download`` lets torchvision fetch a
+  missing data set), ``--set FIELD=VALUE`` (repeatable; any :class:`~imagen_edu.imagen.StageConfig`
+  field, or ``unet.FIELD`` of its U-Net, e.g. ``--set aug_max_level=0 --set aug_sample_level=0``),
+  ``--text-encoder NAME`` (e.g. ``t5:t5-small``; the stage's text width follows) and
+  ``--text-cache DIR`` (precomputed embeddings from ``embed``: the encoder is never run).
+* ``bench``: training images/s of each stage and sampling seconds per image of the cascade;
+  ``--device cuda|cpu``, ``--amp bf16|fp16|none``; FLOPs per step, achieved TFLOP/s and, on
+  CUDA, the model FLOPs utilisation (:mod:`imagen_edu.bench`). ``--config NAME`` (repeatable)
+  benchmarks named configs (e.g. ``paper/sr256``) with synthetic inputs instead of the cascade.
+* ``configs [--json]``: every named config (:mod:`imagen_edu.configs`) with its resolution,
+  parameter count (counted on the ``meta`` device: nothing is allocated) and text encoder.
+* ``embed --encoder NAME --captions FILE --out DIR``: encode every caption of FILE (one per
+  line, or a ``captions.jsonl``) once and write a memory-mapped cache (:mod:`imagen_edu.embcache`).
 
 Without ``--checkpoint-dir``, ``sample``/``eval``/``bench`` use the shipped toy cascade in
 ``data/checkpoints``; if it is missing, the error names the file and the train command.
@@ -26,12 +39,13 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "save_png", "read_prompts"]
+__all__ = ["main", "build_parser", "save_png", "read_prompts", "parse_overrides", "apply_overrides", "data_pool"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m imagen_edu",
-                                description="Imagen from scratch: train, sample and evaluate the toy cascade.")
+                                description="Imagen from scratch: train, sample, evaluate and benchmark the "
+                                            "cascade; list model configs; precompute text embeddings.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one stage of the cascade")
@@ -43,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
+    t.add_argument("--data", default="shapes",
+                   help="training images: shapes (default), folder:PATH (a captions.jsonl folder), "
+                        "cifar10:ROOT, mnist:ROOT or fashion_mnist:ROOT (torchvision, class captions)")
+    t.add_argument("--download", action="store_true", help="let torchvision download a missing data set into ROOT")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a StageConfig field (repeatable), e.g. --set aug_max_level=0 or "
+                        "--set unet.channels=64")
+    t.add_argument("--text-encoder", default=None,
+                   help="text encoder name (lm, lm+words, t5:NAME_OR_PATH); the stage's text width follows it")
+    t.add_argument("--text-cache", default=None, help="a folder written by 'embed': read embeddings from it")
 
     s = sub.add_parser("sample", help="generate PNG images for prompts")
     g = s.add_mutually_exclusive_group(required=True)
@@ -76,6 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train-steps", type=int, default=5, help="training steps timed per stage")
     b.add_argument("--guidance", type=float, default=None)
     b.add_argument("--steps", type=int, default=None)
+    b.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda if available")
+    b.add_argument("--amp", default=None, choices=["bf16", "fp16", "none"],
+                   help="autocast format of the timed training steps (default: bf16 on CUDA if supported, "
+                        "else fp16; none on the CPU)")
+    b.add_argument("--config", dest="configs", action="append", default=[], metavar="NAME",
+                   help="benchmark a named config (see 'configs') instead of the cascade (repeatable)")
+    b.add_argument("--batch-size", type=int, default=None, help="training batch (default: each stage's)")
+    b.add_argument("--no-sample", action="store_true", help="skip the sampling benchmark")
+
+    c = sub.add_parser("configs", help="every named config: resolution, parameter count, text encoder")
+    c.add_argument("--json", action="store_true", help="print JSON")
+
+    m = sub.add_parser("embed", help="precompute text embeddings into a memory-mapped cache")
+    m.add_argument("--encoder", required=True, help="lm, lm+words or t5:NAME_OR_PATH (e.g. t5:google/t5-v1_1-xxl)")
+    m.add_argument("--captions", required=True, help="a text file (one caption per line) or a captions.jsonl")
+    m.add_argument("--out", required=True, help="the cache folder")
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing cache in OUT")
     return p
 
 
@@ -111,11 +155,156 @@ def _cascade(args):
     return ImagenCascade.from_dir(args.checkpoint_dir)
 
 
+def parse_overrides(items) -> dict:
+    """``["aug_max_level=0", "unet.channels=64"]`` -> ``{"aug_max_level": 0, "unet": {"channels": 64}}``.
+
+    Values are read as Python literals (ints, floats, ``None``, ``True``, tuples like ``(8, 4)``
+    or ``8,4``), anything else as a string. Field names are checked by :func:`apply_overrides`.
+    """
+    import ast
+
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects FIELD=VALUE, got {item!r}")
+        key, raw = (x.strip() for x in item.split("=", 1))
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        if key.startswith("unet."):
+            out.setdefault("unet", {})[key[5:]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(cfg, overrides: dict):
+    """A copy of the :class:`~imagen_edu.imagen.StageConfig` ``cfg`` with ``overrides`` (from
+    :func:`parse_overrides`) applied. An unknown field raises ``ValueError`` listing the valid ones;
+    an int given for a float field becomes a float; the new config is validated as usual."""
+    from dataclasses import fields
+
+    from .unet import UNetConfig
+
+    if not overrides:
+        return cfg
+    stage_fields = {f.name: f for f in fields(cfg)}
+    unet_fields = {f.name for f in fields(UNetConfig)}
+    changes = dict(overrides)
+    unet = dict(changes.pop("unet", {}) or {})
+    bad = [k for k in changes if k not in stage_fields or k == "unet"]
+    if bad:
+        raise ValueError(f"--set: unknown StageConfig field(s) {bad}; fields: "
+                         f"{sorted(k for k in stage_fields if k != 'unet')} (U-Net fields as unet.FIELD: "
+                         f"{sorted(unet_fields)})")
+    bad = [k for k in unet if k not in unet_fields]
+    if bad:
+        raise ValueError(f"--set: unknown U-Net field(s) {['unet.' + k for k in bad]}; fields: {sorted(unet_fields)}")
+    for k, v in changes.items():
+        if isinstance(getattr(cfg, k), float) and isinstance(v, int) and not isinstance(v, bool):
+            changes[k] = float(v)
+    if unet:
+        changes["unet"] = unet
+    return cfg.replace(**changes)
+
+
+DATA_KINDS = ("shapes", "folder", "cifar10", "mnist", "fashion_mnist")
+
+
+def data_pool(spec: str, cfg, *, download: bool = False, progress: bool = True):
+    """The training pool of a real data set for stage ``cfg``: ``(lows or None, highs, captions)``.
+
+    ``spec`` is ``folder:PATH`` (a :class:`~imagen_edu.data.real.CaptionedImageFolder`) or
+    ``cifar10:ROOT``, ``mnist:ROOT``, ``fashion_mnist:ROOT`` (torchvision, class-name captions).
+    The first ``cfg.n_train_images`` examples (or all, if fewer) are loaded at ``cfg.resolution``:
+    ``highs (N, 3, R, R)`` in [-1, 1]. For a super-resolution stage ``lows`` are the highs
+    area-downsampled to ``cfg.lowres_resolution`` (each low pixel the mean of the high pixels it
+    covers), so a stage trains on exact (low, high) pairs as with the shapes benchmark.
+    Returns ``None`` for ``"shapes"`` (the stage renders its own pool).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .data import real
+
+    kind, _, where = str(spec).partition(":")
+    kind = kind.strip().lower().replace("-", "_")
+    if kind == "shapes" and not where:
+        return None
+    if kind not in DATA_KINDS or kind == "shapes" or not where:
+        raise ValueError(f"--data must be shapes, folder:PATH, cifar10:ROOT, mnist:ROOT or fashion_mnist:ROOT, "
+                         f"got {spec!r}")
+    if kind == "folder":
+        ds = real.CaptionedImageFolder(where, resolution=cfg.resolution)
+    else:
+        ds = real.torchvision_captioned(kind, where, train=True, download=download, resolution=cfg.resolution)
+    n = min(len(ds), cfg.n_train_images)
+    it = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"loading {n} images of {spec}", leave=False)
+    highs = torch.empty(n, 3, cfg.resolution, cfg.resolution)
+    caps = []
+    for i in it:
+        x, c = ds[i]
+        highs[i] = x
+        caps.append(c)
+    lows = None
+    if cfg.is_sr:
+        lows = F.interpolate(highs, size=(cfg.lowres_resolution, cfg.lowres_resolution), mode="area")
+    return lows, highs, caps
+
+
+def _warn_unknown_words(encoder, captions) -> None:
+    import warnings
+
+    stoi = getattr(getattr(encoder, "tokenizer", None), "stoi", None)
+    if stoi is None:
+        return
+    unknown = sorted({w for c in set(captions) for w in c.lower().split() if w not in stoi})
+    if unknown:
+        warnings.warn(f"{len(unknown)} caption word(s) are outside the text encoder's vocabulary (e.g. "
+                      f"{unknown[:8]}): they are read as <unk>. For real captions use a T5 encoder, "
+                      "e.g. --text-encoder t5:t5-small", UserWarning, stacklevel=2)
+
+
+def _check_resume_file(cfg, out_dir) -> None:
+    """Before any step: the resume file in ``out_dir`` must hold this stage, with this config."""
+    from . import checkpoints
+    from .imagen import StageConfig, _resume_file
+
+    rfile = _resume_file(out_dir, cfg.name)
+    if not rfile.is_file():
+        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file {rfile} (train without "
+                                "--resume first)")
+    _, meta = checkpoints.load(rfile)
+    if not isinstance(meta, dict) or "stage_config" not in meta:
+        raise ValueError(f"{rfile} is not a resume file of python -m imagen_edu train (no stage_config)")
+    saved = meta["stage_config"]
+    if saved.get("name") != cfg.name:
+        raise ValueError(f"{rfile} is a checkpoint of stage {saved.get('name')!r}, not of stage {cfg.name!r}")
+    now = cfg.to_dict()
+    saved = StageConfig.from_dict(saved).to_dict()
+    free = {"steps", "max_seconds"}  # may change to train longer
+    diff = [k for k in now if k not in free and now[k] != saved.get(k)]
+    if diff:
+        detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {rfile}: it was trained with another config ({detail}). "
+                         "Use the same --profile, --data/--set options, or another --out folder")
+
+
 def _train(args) -> int:
+    import inspect
+
     import torch
 
     from . import profiles
-    from .imagen import stage_config, train_command, train_stage
+    from .imagen import get_text_encoder, stage_config, train_command, train_stage
+    from .train import dist_info
 
     if args.profile is not None:
         os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
@@ -130,14 +319,64 @@ def _train(args) -> int:
         changes["steps"] = args.steps
     if changes:
         cfg = cfg.replace(**changes)
+    encoder = cache = None
+    if args.text_cache is not None:
+        from .embcache import EmbeddingCache
+
+        cache = EmbeddingCache(args.text_cache)
+    if args.text_encoder is not None:
+        if cache is not None and cache.encoder_name != args.text_encoder:
+            raise ValueError(f"{args.text_cache} was built with encoder {cache.encoder_name!r}, not "
+                             f"{args.text_encoder!r}")
+        # the width of the encoder's embeddings (read from the cache: then the encoder is never loaded)
+        D = cache.dim if cache is not None else get_text_encoder(args.text_encoder).dim
+        cfg = cfg.replace(text_encoder=args.text_encoder, text_dim=D, unet={"cond_dim": D, "context_dim": D})
+    cfg = apply_overrides(cfg, parse_overrides(args.overrides))
+    # checks that need no step: world size, resume folder, text cache, data
+    ws = dist_info().world_size
+    if ws > 1:
+        if cfg.batch_size % ws:
+            raise ValueError(f"the world size {ws} (processes started by torchrun) does not divide "
+                             f"batch_size={cfg.batch_size}: choose a batch (--set batch_size=...) that is a "
+                             f"multiple of {ws}")
+        raise ValueError(f"python -m imagen_edu train runs in one process, but torchrun started {ws}: "
+                         "for multi-GPU training use imagen_edu.train.Trainer (chapter 6)")
+    if args.resume:
+        _check_resume_file(cfg, args.out)
+    if cache is not None:
+        if cache.dim != cfg.text_dim:
+            raise ValueError(f"{args.text_cache} holds {cache.dim}-d embeddings (encoder {cache.encoder_name!r}) "
+                             f"but stage {cfg.name!r} expects text_dim={cfg.text_dim}: pass --text-encoder "
+                             f"{cache.encoder_name} (or rebuild the cache with {cfg.text_encoder!r})")
+        if cache.encoder_name != cfg.text_encoder:
+            raise ValueError(f"{args.text_cache} was built with encoder {cache.encoder_name!r} but stage "
+                             f"{cfg.name!r} reads {cfg.text_encoder!r}: pass --text-encoder {cache.encoder_name}")
+        encoder = cache.as_encoder()
+    pool = data_pool(args.data, cfg, download=args.download)
+    kw = {}
+    if pool is not None:
+        if "pool" not in inspect.signature(train_stage).parameters:
+            raise ValueError("this version of imagen_edu.imagen.train_stage cannot train on real data "
+                             "(it has no pool argument)")
+        kw["pool"] = pool
+        if encoder is None:
+            encoder = get_text_encoder(cfg.text_encoder)
+        if args.text_cache is None:
+            _warn_unknown_words(encoder, pool[2])
     cmd = train_command(args.stage, prof.name, args.out)
     if args.seed is not None:
         cmd += f" --seed {args.seed}"
     if args.steps is not None:
         cmd += f" --steps {args.steps}"
-    res = train_stage(cfg, out_dir=args.out, resume=args.resume, device=args.device or prof.device,
-                      command=cmd, profile=prof.name)
-    print(json.dumps({"stage": args.stage, "profile": prof.name, "steps": res["steps"],
+    if args.data != "shapes":
+        cmd += f" --data {args.data}"
+    if args.text_encoder is not None:
+        cmd += f" --text-encoder {args.text_encoder}"
+    for item in args.overrides:
+        cmd += f" --set {item}"
+    res = train_stage(cfg, encoder, out_dir=args.out, resume=args.resume, device=args.device or prof.device,
+                      command=cmd, profile=prof.name, **kw)
+    print(json.dumps({"stage": args.stage, "profile": prof.name, "steps": res["steps"], "data": args.data,
                       "seconds": round(res["seconds"], 1), "images_per_s": round(res["images_per_s"], 1),
                       "final_loss": round(sum(res["losses"][-50:]) / max(1, len(res["losses"][-50:])), 5)
                       if res["losses"] else None, "path": str(res["path"])}))
@@ -189,40 +428,79 @@ def _bench(args) -> int:
     import torch
 
     from . import profiles
-    from .imagen import ImagenStage, TextCache, eval_captions
+    from .bench import bench_stage
 
     if args.profile is not None:
         os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
-    cascade = _cascade(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available here: use --device cpu")
+    amp = args.amp
+    if amp is None:
+        amp = "none" if device == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if args.train_steps < 1:
+        raise ValueError(f"--train-steps must be >= 1, got {args.train_steps}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-           "machine": platform.processor() or platform.machine(), "train_images_per_s": {}}
-    from .data.shapes import make_batch
+           "machine": platform.processor() or platform.machine(), "device": device, "amp": amp,
+           "gpu_name": torch.cuda.get_device_name() if device == "cuda" else None,
+           "torch": torch.__version__, "train_images_per_s": {}, "flops_per_step": {},
+           "achieved_tflops": {}, "mfu": {}, "stages": {}}
+    if args.configs:
+        from . import configs
 
-    caps = eval_captions("test", max(2, args.n))
-    cache = TextCache(cascade.encoder, caps)
-    for st in cascade.stages:
-        cfg = st.config
-        model = ImagenStage(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        res = (cfg.lowres_resolution, cfg.resolution) if cfg.is_sr else cfg.resolution
-        imgs, bcaps = make_batch(cfg.batch_size, "train", res)
-        low, high = (imgs if cfg.is_sr else (None, imgs))
-        emb, mask = cache.lookup(bcaps)
-        t0 = None
-        for i in range(args.train_steps + 1):
-            if i == 1:
-                t0 = time.perf_counter()
-            loss = model.training_loss(high, emb, mask, lowres=low)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        out["train_images_per_s"][cfg.name] = round(args.train_steps * cfg.batch_size / (time.perf_counter() - t0), 1)
-    t0 = time.perf_counter()
-    cascade.sample(caps[:args.n], n=1, guidance=args.guidance, steps=args.steps, seed=0)
-    out["sample_seconds_per_image"] = round((time.perf_counter() - t0) / args.n, 4)
-    out["n_sampled"] = args.n
-    out["sample_steps"] = [args.steps or s.config.sample_steps for s in cascade.stages]
+        todo = [(name, configs.get(name).stage) for name in args.configs]
+        cascade = None
+    else:
+        cascade = _cascade(args)
+        if device != "cpu":
+            cascade = type(cascade)(cascade.encoder, [st.to(device) for st in cascade.stages])
+        todo = [(st.config.name, st.config) for st in cascade.stages]
+    for name, cfg in todo:
+        r = bench_stage(cfg, device=device, amp=amp, steps=args.train_steps, batch_size=args.batch_size)
+        out["stages"][name] = r
+        out["train_images_per_s"][name] = r["images_per_s"]
+        out["flops_per_step"][name] = r["flops_per_step"]
+        out["achieved_tflops"][name] = r["achieved_tflops"]
+        out["mfu"][name] = r["mfu"]
+    if cascade is not None and not args.no_sample:
+        from .imagen import eval_captions
+
+        caps = eval_captions("test", max(2, args.n))
+        t0 = time.perf_counter()
+        cascade.sample(caps[:args.n], n=1, guidance=args.guidance, steps=args.steps, seed=0, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out["sample_seconds_per_image"] = round((time.perf_counter() - t0) / args.n, 4)
+        out["n_sampled"] = args.n
+        out["sample_steps"] = [args.steps or s.config.sample_steps for s in cascade.stages]
     print(json.dumps(out, indent=1))
+    return 0
+
+
+def _configs(args) -> int:
+    from . import configs
+
+    print(configs.summary_table(as_json=args.json))
+    return 0
+
+
+def _embed(args) -> int:
+    from .embcache import build_cache, read_captions
+    from .imagen import get_text_encoder
+
+    captions = read_captions(args.captions)
+    encoder = get_text_encoder(args.encoder, device=args.device)
+    t0 = time.perf_counter()
+    cache = build_cache(encoder, captions, args.out, batch_size=args.batch_size, dtype=args.dtype,
+                        overwrite=args.overwrite, progress=True)
+    seconds = time.perf_counter() - t0
+    size = sum(f["bytes"] for f in cache.meta["files"].values())
+    print(json.dumps({"out": str(args.out), "encoder": cache.encoder_name, "captions": len(captions),
+                      "distinct": len(cache), "dim": cache.dim, "dtype": cache.dtype, "max_len": cache.max_len,
+                      "bytes": size, "seconds": round(seconds, 2),
+                      "captions_per_s": round(len(cache) / max(seconds, 1e-9), 1)}))
     return 0
 
 
@@ -232,10 +510,14 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench}[args.command](args)
+        return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench, "configs": _configs,
+                "embed": _embed}[args.command](args)
     except MissingCheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyError as err:  # e.g. a caption missing from an embedding cache
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2

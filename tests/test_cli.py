@@ -143,3 +143,173 @@ def test_module_entry_point_help():
     assert r.returncode == 0
     for word in ("train", "sample", "eval"):
         assert word in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 6: configs, bench (FLOPs, MFU), embed, train --set, bad input before any step
+# ---------------------------------------------------------------------------------------------
+def test_configs_command_lists_every_config(capsys):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert cli.main(["configs"]) == 0
+    text = capsys.readouterr().out
+    for name in ("toy-ci/base", "toy-cpu/sr1", "toy-gpu/base", "paper/base64", "paper/sr256", "paper/sr1024"):
+        assert name in text
+    assert "google/t5-v1_1-xxl" in text and "256->1024" in text
+    assert cli.main(["configs", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    for name, paper in (("paper/base64", 2e9), ("paper/sr256", 6e8), ("paper/sr1024", 4e8)):
+        assert abs(rows[name]["params"] / paper - 1) < 0.15
+        assert rows[name]["text_encoder"] == "google/t5-v1_1-xxl"
+    assert rows["paper/sr256"]["resolution"] == 256 and rows["paper/sr256"]["lowres_resolution"] == 64
+    assert rows["toy-ci/base"]["lowres_resolution"] is None
+    # 3 billion float32 parameters would need 12 GB: counting on the meta device allocates none
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 1_000_000
+
+
+BENCH_KEYS = {"threads", "cpu_count", "machine", "device", "amp", "gpu_name", "train_images_per_s",
+              "flops_per_step", "achieved_tflops", "mfu", "stages"}
+
+
+def test_bench_json_on_cpu(cascade_dir, capsys):
+    rc = cli.main(["bench", "--checkpoint-dir", str(cascade_dir), "--device", "cpu", "--amp", "none",
+                   "--train-steps", "1", "--n", "2", "--steps", "1", "--batch-size", "2"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert BENCH_KEYS | {"sample_seconds_per_image", "n_sampled", "sample_steps"} <= set(out)
+    assert out["device"] == "cpu" and out["amp"] == "none" and out["gpu_name"] is None
+    assert set(out["train_images_per_s"]) == {"base", "sr1"}
+    for stage in ("base", "sr1"):
+        assert out["flops_per_step"][stage] > 0 and out["mfu"][stage] is None
+        assert out["stages"][stage]["batch_size"] == 2 and out["stages"][stage]["note"]
+
+
+def test_bench_named_config_without_cascade(capsys):
+    rc = cli.main(["bench", "--config", "toy-ci/sr1", "--device", "cpu", "--train-steps", "1", "--batch-size", "2"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert BENCH_KEYS <= set(out) and "sample_seconds_per_image" not in out
+    assert list(out["stages"]) == ["toy-ci/sr1"] and out["amp"] == "none"
+    assert cli.main(["bench", "--config", "paper/sr512", "--device", "cpu"]) == 2
+    assert "unknown config" in capsys.readouterr().err
+
+
+def test_bench_cuda_missing_is_a_clear_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert cli.main(["bench", "--config", "toy-ci/base", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_embed_command_writes_a_cache(tmp_path, capsys):
+    from imagen_edu import text_encoders
+    from imagen_edu.embcache import EmbeddingCache
+
+    f = tmp_path / "caps.txt"
+    f.write_text("a red circle\na blue square\na red circle\n")
+    rc = cli.main(["embed", "--encoder", "lm", "--captions", str(f), "--out", str(tmp_path / "e"),
+                   "--dtype", "float32"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["captions"] == 3 and out["distinct"] == 2 and out["dtype"] == "float32"
+    cache = EmbeddingCache(tmp_path / "e")
+    emb, mask = cache.lookup(["a blue square"])
+    want, wmask = text_encoders.get("lm").encode(["a blue square"])
+    assert torch_equal(emb[:, :want.shape[1]], want) and int(mask.sum()) == int(wmask.sum())
+    # a second run refuses to overwrite without --overwrite
+    assert cli.main(["embed", "--encoder", "lm", "--captions", str(f), "--out", str(tmp_path / "e")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["embed", "--encoder", "nope", "--captions", str(f), "--out", str(tmp_path / "x")]) == 2
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_parse_and_apply_overrides():
+    from imagen_edu.imagen import stage_config
+
+    d = cli.parse_overrides(["aug_max_level=0", "guidance=2.5", "grad_clip=None", "threshold=static",
+                             "unet.attention_resolutions=8,4", "unet.channels=16"])
+    assert d == {"aug_max_level": 0, "guidance": 2.5, "grad_clip": None, "threshold": "static",
+                 "unet": {"attention_resolutions": (8, 4), "channels": 16}}
+    cfg = cli.apply_overrides(stage_config("sr1", "ci"), cli.parse_overrides(["aug_max_level=0", "unet.channels=16"]))
+    assert cfg.aug_max_level == 0.0 and isinstance(cfg.aug_max_level, float) and cfg.unet.channels == 16
+    with pytest.raises(ValueError, match="aug_sample_level"):  # the message lists the fields
+        cli.apply_overrides(cfg, {"aug_level": 0})
+    with pytest.raises(ValueError, match="unet.width"):
+        cli.apply_overrides(cfg, {"unet": {"width": 3}})
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        cli.parse_overrides(["aug_max_level"])
+    with pytest.raises(ValueError, match="aug_max_level"):  # validated by StageConfig
+        cli.apply_overrides(cfg, {"aug_max_level": 2})
+
+
+def test_train_set_without_noise_augmentation(tmp_path, capsys):
+    from imagen_edu.imagen import load_stage, stage_file
+
+    rc = cli.main(["train", "--stage", "sr1", "--profile", "ci", "--out", str(tmp_path), "--steps", "2",
+                   "--set", "aug_max_level=0", "--set", "aug_sample_level=0"])
+    assert rc == 0
+    st = load_stage(stage_file(tmp_path, "sr1"))
+    assert st.config.aug_max_level == 0.0 and st.config.aug_sample_level == 0.0
+    man = checkpoints.read_manifest(tmp_path / "manifest.json")
+    assert "--set aug_max_level=0 --set aug_sample_level=0" in man["imagen_sr1"]["command"]
+
+
+def test_train_unknown_set_field(tmp_path, capsys):
+    rc = cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(tmp_path), "--set", "colour=red"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "colour" in err and "batch_size" in err
+    assert not (tmp_path / "imagen_base.resume.safetensors").exists()
+
+
+def _copy(cascade_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(cascade_dir, d)
+    return d
+
+
+def test_resume_with_another_config_fails_before_training(cascade_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("IMAGEN_EDU_PROFILE", "ci")  # --profile cpu below sets it: restored after the test
+    d = _copy(cascade_dir, tmp_path)
+    before = (d / "imagen_base.resume.safetensors").read_bytes()
+    rc = cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(d), "--resume", "--set", "lr=0.5"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "another config" in err and "lr" in err
+    assert (d / "imagen_base.resume.safetensors").read_bytes() == before
+    # another profile is another config too (another U-Net)
+    assert cli.main(["train", "--stage", "base", "--profile", "cpu", "--out", str(d), "--resume"]) == 2
+    assert "another config" in capsys.readouterr().err
+
+
+def test_resume_from_a_checkpoint_of_another_stage(cascade_dir, tmp_path, capsys):
+    import shutil
+
+    d = _copy(cascade_dir, tmp_path)
+    shutil.copy(d / "imagen_sr1.resume.safetensors", d / "imagen_base.resume.safetensors")
+    assert cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(d), "--resume"]) == 2
+    assert "stage 'sr1', not of stage 'base'" in capsys.readouterr().err
+    (d / "imagen_base.resume.safetensors").unlink()
+    assert cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(d), "--resume"]) == 2
+    assert "no resume file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("world, message", [("3", "does not divide batch_size=8"), ("2", "one process")])
+def test_world_size_is_checked_before_training(tmp_path, monkeypatch, capsys, world, message):
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
