@@ -312,7 +312,8 @@ def _unet(resolution, channels, mults, blocks, attn, cross, text_dim, lowres=Fal
 
 
 def stage_configs(settings, text_dim: int | None = None) -> dict[str, StageConfig]:
-    """The cascade's :class:`StageConfig` s (``{"base": ..., "sr1": ...}``) from an
+    """The cascade's :class:`StageConfig` s (``{"base": ..., "sr1": ...}``, plus ``"sr2"`` when
+    ``settings.sr2_resolution`` is set) from an
     :class:`imagen_edu.profiles.ImagenSettings`. ``text_dim`` defaults to the width of
     ``settings.text_encoder`` (which is loaded to find it)."""
     s = settings
@@ -336,10 +337,22 @@ def stage_configs(settings, text_dim: int | None = None) -> dict[str, StageConfi
         name="sr1", resolution=s.sr_resolution, lowres_resolution=s.base_resolution,
         unet=_unet(s.sr_resolution, s.sr_channels, s.sr_mults, s.sr_res_blocks, (), s.sr_cross_attention, D,
                    lowres=True, heads=h, groups=g),
+        two_object_fraction=s.sr_two_object_fraction, eta=s.sr_eta,
         steps=s.sr_steps, batch_size=s.sr_batch, max_seconds=s.sr_max_seconds, guidance=1.0,
         sample_steps=s.sr_sample_steps, threshold=s.sr_threshold, aug_max_level=s.aug_max_level,
         aug_sample_level=s.aug_sample_level, warmup=min(50, max(1, s.sr_steps // 10)), **common)
-    return {"base": base, "sr1": sr1}
+    out = {"base": base, "sr1": sr1}
+    if s.sr2_resolution is not None:
+        h, g = heads_groups(s.sr2_channels)
+        out["sr2"] = StageConfig(
+            name="sr2", resolution=s.sr2_resolution, lowres_resolution=s.sr_resolution,
+            unet=_unet(s.sr2_resolution, s.sr2_channels, s.sr2_mults, 1, (), s.sr2_cross_attention, D,
+                       lowres=True, heads=h, groups=g),
+            two_object_fraction=s.sr_two_object_fraction, eta=s.sr_eta,
+            steps=s.sr2_steps, batch_size=s.sr2_batch, max_seconds=s.sr2_max_seconds, guidance=1.0,
+            sample_steps=s.sr2_sample_steps, threshold=s.sr_threshold, aug_max_level=s.aug_max_level,
+            aug_sample_level=s.aug_sample_level, warmup=min(50, max(1, s.sr2_steps // 10)), **common)
+    return out
 
 
 def stage_config(stage: str, profile=None, text_dim: int | None = None) -> StageConfig:
@@ -700,6 +713,26 @@ def _training_pool(cfg: StageConfig, progress: bool):
     return (torch.cat(lows) if lows else None), torch.cat(highs), caps
 
 
+def _check_pool(cfg: StageConfig, pool):
+    if not isinstance(pool, (tuple, list)) or len(pool) != 3:
+        raise TypeError("pool must be a tuple (lows or None, highs, captions)")
+    lows, highs, caps = pool
+    R = cfg.resolution
+    if not isinstance(highs, torch.Tensor) or highs.dim() != 4 or tuple(highs.shape[1:]) != (3, R, R):
+        raise ValueError(f"pool images must be (N, 3, {R}, {R}) for stage {cfg.name!r}, got "
+                         f"{tuple(getattr(highs, 'shape', ()))}")
+    if len(caps) != len(highs) or not all(isinstance(c, str) and c.strip() for c in caps):
+        raise ValueError(f"pool needs one non-empty caption per image: {len(highs)} images, {len(caps)} captions")
+    if cfg.is_sr:
+        r = cfg.lowres_resolution
+        if not isinstance(lows, torch.Tensor) or tuple(lows.shape) != (len(highs), 3, r, r):
+            raise ValueError(f"super-resolution stage {cfg.name!r} needs pool lows (N, 3, {r}, {r}), got "
+                             f"{tuple(getattr(lows, 'shape', ())) if lows is not None else None}")
+    elif lows is not None:
+        raise ValueError("the base stage takes no low-resolution images: pass pool=(None, highs, captions)")
+    return lows, highs.float(), list(caps)
+
+
 class _manifest_lock:
     """An exclusive lock on ``out_dir/.manifest.lock`` (POSIX ``fcntl``; a no-op where it is missing)."""
 
@@ -747,14 +780,16 @@ def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict) -> None:
 
 def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool = False,
                 progress: bool = True, device=None, save_every: int = 200, command: str | None = None,
-                profile: str | None = None, log_every: int = 0, callback=None) -> dict:
+                profile: str | None = None, log_every: int = 0, callback=None, pool=None) -> dict:
     """Train one stage of the cascade from scratch (or resume it).
 
     Renders a pool of ``config.n_train_images`` training scenes (at the stage's resolution, and
     at ``lowres_resolution`` for SR stages: exact pairs), encodes each distinct caption once with
     the frozen ``encoder`` (default ``text_encoders.get(config.text_encoder)``), then runs
     ``config.steps`` Adam steps of :meth:`ImagenStage.training_loss`, keeping an EMA copy of the
-    weights. Stops with ``FloatingPointError`` naming the step if the loss is not finite.
+    weights. ``pool=(lows or None, highs (N, 3, R, R) in [-1, 1], captions)`` trains on those
+    images instead of rendered shapes (real data: :mod:`imagen_edu.data.real`); ``lows`` (N, 3,
+    r, r) is required for a super-resolution stage. Stops with ``FloatingPointError`` naming the step if the loss is not finite.
 
     With ``out_dir``: writes ``imagen_STAGE.resume.safetensors`` (weights, EMA, optimizer, step)
     every ``save_every`` steps, and at the end ``imagen_STAGE.safetensors`` (the EMA weights and
@@ -793,7 +828,7 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
         start, prev_seconds = int(meta["step"]), float(meta.get("seconds", 0.0))
         g.set_state(tensors["rng"].to(torch.uint8))
 
-    lows, highs, caps = _training_pool(cfg, progress)
+    lows, highs, caps = _training_pool(cfg, progress) if pool is None else _check_pool(cfg, pool)
     cache = TextCache(encoder, caps)
     cap_ids = cache.ids(caps)
     emb_table, mask_table = cache.emb.to(device), cache.mask.to(device)

@@ -156,7 +156,7 @@ class ImagenSettings:
     base_two_object_fraction: float = 0.75
     base_steps: int = 2600
     base_batch: int = 32
-    base_max_seconds: float | None = 960.0
+    base_max_seconds: float | None = 1080.0
     base_guidance: float = 3.0
     base_sample_steps: int = 25
     base_threshold: str = "static"
@@ -168,13 +168,25 @@ class ImagenSettings:
     sr_mults: tuple = (1, 2, 4)
     sr_res_blocks: int = 1
     sr_cross_attention: tuple = (16, 8)
+    sr_two_object_fraction: float = 0.75
     sr_steps: int = 2600
     sr_batch: int = 32
-    sr_max_seconds: float | None = 960.0
+    sr_max_seconds: float | None = 1080.0
     sr_sample_steps: int = 15
+    sr_eta: float = 1.0
     sr_threshold: str = "static"
     aug_max_level: float = 0.5
     aug_sample_level: float = 0.1
+    # optional second super-resolution stage (sr1's resolution -> sr2_resolution; None: no sr2).
+    # Same augmentation levels as sr1.
+    sr2_resolution: int | None = None
+    sr2_channels: int = 16
+    sr2_mults: tuple = (1, 2, 4, 4)
+    sr2_cross_attention: tuple = (16, 8)
+    sr2_steps: int = 2000
+    sr2_batch: int = 32
+    sr2_max_seconds: float | None = None
+    sr2_sample_steps: int = 15
     # evaluation and figures
     n_eval: int = 200
     guidance_sweep: tuple = (1.0, 2.0, 3.0, 5.0, 8.0)
@@ -257,6 +269,9 @@ PROFILES: dict[str, Profile] = {
             lr=1e-3, ema_decay=0.999, n_train_images=50000, base_channels=64, base_res_blocks=(2, 2, 2),
             base_steps=8000, base_batch=128, base_max_seconds=1200.0, sr_channels=32, sr_mults=(1, 2, 2),
             sr_steps=4000, sr_batch=128, sr_max_seconds=600.0, n_eval=500,
+            # the Colab recipe's third stage: 32 -> 64 px (chapter 6)
+            sr2_resolution=64, sr2_channels=32, sr2_mults=(1, 2, 2, 4), sr2_cross_attention=(16, 8),
+            sr2_steps=4000, sr2_batch=64, sr2_max_seconds=900.0,
         ),
     ),
 }

@@ -365,3 +365,22 @@ def test_lm_words_and_states_encoder_sees_shape_words():
     # real tokens do not depend on the padding of the batch
     alone, _ = ours.encode(["a red circle"])
     torch.testing.assert_close(emb[0, : alone.shape[1]], alone[0])
+
+
+def test_three_stage_cascade_with_sr2(encoder):
+    """``sr2_resolution`` in the settings adds a second SR stage fed by sr1; the cascade samples at its size."""
+    import dataclasses
+
+    from imagen_edu import profiles
+
+    s = dataclasses.replace(profiles.get("ci").imagen, sr2_resolution=32, sr2_channels=8, sr2_mults=(1, 2),
+                            sr2_cross_attention=(8,), sr2_steps=2, sr2_sample_steps=2)
+    cfgs = im.stage_configs(s, text_dim=encoder.dim)
+    assert cfgs["sr2"].lowres_resolution == cfgs["sr1"].resolution == 16 and cfgs["sr2"].resolution == 32
+    assert "sr2" not in im.stage_configs(profiles.get("ci").imagen, text_dim=encoder.dim)
+    torch.manual_seed(0)
+    cas = im.ImagenCascade(encoder, [im.ImagenStage(cfgs[k]).eval() for k in ("base", "sr1", "sr2")])
+    out, per_stage = cas.sample(["a red circle"], n=2, steps=2, progress=False, return_stages=True)
+    assert [x.shape[-1] for x in per_stage] == [8, 16, 32] and out.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="sr2"):
+        im.ImagenCascade(encoder, [im.ImagenStage(cfgs["base"]), im.ImagenStage(cfgs["sr2"])])
