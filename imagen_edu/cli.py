@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
+    t.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16; off on the CPU)")
     t.add_argument("--data", default="shapes",
                    help="training images: shapes (default), folder:PATH (a captions.jsonl folder), "
                         "cifar10:ROOT, mnist:ROOT or fashion_mnist:ROOT (torchvision, class captions)")
@@ -282,9 +284,10 @@ def _check_resume_file(cfg, out_dir) -> None:
         raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file {rfile} (train without "
                                 "--resume first)")
     _, meta = checkpoints.load(rfile)
-    if not isinstance(meta, dict) or "stage_config" not in meta:
+    info = meta.get("model_info") if isinstance(meta, dict) else None
+    if not isinstance(info, dict) or "stage_config" not in info:
         raise ValueError(f"{rfile} is not a resume file of python -m imagen_edu train (no stage_config)")
-    saved = meta["stage_config"]
+    saved = {**cfg.to_dict(), **info["stage_config"]}
     if saved.get("name") != cfg.name:
         raise ValueError(f"{rfile} is a checkpoint of stage {saved.get('name')!r}, not of stage {cfg.name!r}")
     now = cfg.to_dict()
@@ -374,8 +377,10 @@ def _train(args) -> int:
         cmd += f" --text-encoder {args.text_encoder}"
     for item in args.overrides:
         cmd += f" --set {item}"
+    if args.amp != "auto":
+        cmd += f" --amp {args.amp}"
     res = train_stage(cfg, encoder, out_dir=args.out, resume=args.resume, device=args.device or prof.device,
-                      command=cmd, profile=prof.name, **kw)
+                      command=cmd, profile=prof.name, amp=args.amp, **kw)
     print(json.dumps({"stage": args.stage, "profile": prof.name, "steps": res["steps"], "data": args.data,
                       "seconds": round(res["seconds"], 1), "images_per_s": round(res["images_per_s"], 1),
                       "final_loss": round(sum(res["losses"][-50:]) / max(1, len(res["losses"][-50:])), 5)

@@ -31,7 +31,6 @@ whatever the objective.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -448,11 +447,14 @@ class ImagenStage(nn.Module):
 
     def training_loss(self, x0: torch.Tensor, text_emb: torch.Tensor, text_mask: torch.Tensor, *,
                       lowres: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      drop: torch.Tensor | None = None, aug_level: torch.Tensor | None = None) -> torch.Tensor:
+                      drop: torch.Tensor | None = None, aug_level: torch.Tensor | None = None,
+                      t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                      aug_noise: torch.Tensor | None = None) -> torch.Tensor:
         """The diffusion loss of a batch with text dropout and (for SR) noise-conditioning augmentation.
 
-        ``drop`` (default: Bernoulli(``cond_drop_prob``)) and ``aug_level`` (default: uniform in
-        ``[0, aug_max_level]``) can be given for tests.
+        ``drop`` (default: Bernoulli(``cond_drop_prob``)), ``aug_level`` (default: uniform in
+        ``[0, aug_max_level]``), the time steps ``t``, the ``noise`` and the augmentation noise
+        ``aug_noise`` are drawn from ``generator`` unless given (the trainer draws them itself).
         """
         b, dev = x0.shape[0], x0.device
         cfg = self.config
@@ -465,10 +467,12 @@ class ImagenStage(nn.Module):
             if aug_level is None:
                 aug_level = torch.rand(b, generator=generator) * cfg.aug_max_level
             aug_level = aug_level.to(dev)
-            noise = torch.randn(lowres.shape, generator=generator, dtype=lowres.dtype).to(dev)
-            kw["lowres"] = augment_lowres(lowres, aug_level, noise=noise)
+            if aug_noise is None:
+                aug_noise = torch.randn(lowres.shape, generator=generator, dtype=lowres.dtype)
+            kw["lowres"] = augment_lowres(lowres, aug_level, noise=aug_noise.to(dev))
             kw["lowres_noise_level"] = aug_level
-        return self.diffusion.loss(self, x0, model_kwargs=kw, generator=generator)
+        return self.diffusion.loss(self, x0, t=None if t is None else t.to(dev),
+                                   noise=None if noise is None else noise.to(dev), model_kwargs=kw, generator=generator)
 
     @torch.no_grad()
     def sample(self, text_emb: torch.Tensor, text_mask: torch.Tensor, *, guidance: float | None = None,
@@ -660,15 +664,6 @@ class TextCache:
         return self.emb[i], self.mask[i]
 
 
-def lr_factor(cfg: StageConfig, step: float) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then cosine decay to 0.1 at ``cfg.steps``."""
-    warm, total = max(1, cfg.warmup), max(1, cfg.steps)
-    if step < warm:
-        return (step + 1) / warm
-    p = min(1.0, (step - warm) / max(1, total - warm))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
-
-
 def stage_file(out_dir, stage: str) -> Path:
     """``OUT/imagen_STAGE.safetensors``: the EMA weights used for sampling (what ships)."""
     return Path(out_dir) / f"imagen_{stage}.safetensors"
@@ -758,48 +753,82 @@ class _manifest_lock:
             self.f.close()
 
 
-def _opt_state_tensors(opt: torch.optim.Optimizer) -> dict:
-    out = {}
-    for i, p in enumerate(opt.param_groups[0]["params"]):
-        st = opt.state.get(p, {})
-        for k in ("exp_avg", "exp_avg_sq"):
-            if k in st:
-                out[f"opt.{i}.{k}"] = st[k]
-        if "step" in st:
-            out[f"opt.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-    return out
+class _StageLoss(nn.Module):
+    """The loss of one stage as a module, so that :class:`imagen_edu.train.Trainer` (and DDP) can
+    wrap it: ``forward(batch) -> scalar``. The text embeddings of the pool's captions are looked
+    up here; they are plain attributes, not buffers, so they are not saved with the weights."""
+
+    def __init__(self, stage: "ImagenStage", emb_table: torch.Tensor, mask_table: torch.Tensor):
+        super().__init__()
+        self.stage = stage
+        self.emb_table, self.mask_table = emb_table, mask_table
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        dev = batch["x0"].device
+        ci = batch["caption_ids"].to(self.emb_table.device)
+        emb, mask = self.emb_table[ci].to(dev), self.mask_table[ci].to(dev)
+        return self.stage.training_loss(batch["x0"], emb, mask, lowres=batch.get("lowres"), drop=batch["drop"],
+                                        t=batch["t"], noise=batch["noise"], aug_level=batch.get("aug_level"),
+                                        aug_noise=batch.get("aug_noise"))
 
 
-def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict) -> None:
-    for i, p in enumerate(opt.param_groups[0]["params"]):
-        if f"opt.{i}.exp_avg" in tensors:
-            opt.state[p] = {"step": tensors[f"opt.{i}.step"].reshape(()).clone(),
-                            "exp_avg": tensors[f"opt.{i}.exp_avg"].to(p.device).clone(),
-                            "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(p.device).clone()}
+def stage_batches(cfg: StageConfig, highs: torch.Tensor, cap_ids: torch.Tensor, lows: torch.Tensor | None = None):
+    """``batch_fn(step, rank, world_size, generator)`` for :class:`imagen_edu.train.Trainer`: a
+    random batch of the pool with every random draw of the loss made here (text dropout, time
+    steps, noise, augmentation level and noise), from the trainer's generator, so that a resumed
+    run draws exactly what an uninterrupted one would."""
+
+    def batch_fn(step, rank, world_size, g):
+        b = cfg.batch_size // world_size
+        idx = torch.randint(0, len(highs), (b,), generator=g)
+        x0 = highs[idx]
+        out = {"x0": x0, "caption_ids": cap_ids[idx], "drop": torch.rand(b, generator=g) < cfg.cond_drop_prob,
+               "t": torch.randint(0, cfg.timesteps, (b,), generator=g),
+               "noise": torch.randn(x0.shape, generator=g, dtype=x0.dtype)}
+        if cfg.is_sr:
+            low = lows[idx]
+            out.update(lowres=low, aug_level=torch.rand(b, generator=g) * cfg.aug_max_level,
+                       aug_noise=torch.randn(low.shape, generator=g, dtype=low.dtype))
+        return out
+
+    return batch_fn
+
+
+def _model_info(cfg: StageConfig) -> dict:
+    d = cfg.to_dict()
+    for k in ("steps", "max_seconds"):  # may change on resume: train a finished run for longer
+        d.pop(k, None)
+    return {"stage_config": d}
 
 
 def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool = False,
                 progress: bool = True, device=None, save_every: int = 200, command: str | None = None,
-                profile: str | None = None, log_every: int = 0, callback=None, pool=None) -> dict:
-    """Train one stage of the cascade from scratch (or resume it).
+                profile: str | None = None, log_every: int = 10, pool=None, amp: str = "auto") -> dict:
+    """Train one stage of the cascade from scratch (or resume it) with :class:`imagen_edu.train.Trainer`.
 
     Renders a pool of ``config.n_train_images`` training scenes (at the stage's resolution, and
     at ``lowres_resolution`` for SR stages: exact pairs), encodes each distinct caption once with
     the frozen ``encoder`` (default ``text_encoders.get(config.text_encoder)``), then runs
-    ``config.steps`` Adam steps of :meth:`ImagenStage.training_loss`, keeping an EMA copy of the
-    weights. ``pool=(lows or None, highs (N, 3, R, R) in [-1, 1], captions)`` trains on those
+    ``config.steps`` steps of :meth:`ImagenStage.training_loss` with the book's one trainer:
+    AdamW (no weight decay), linear warm-up and cosine decay to 0.1, gradient clipping, EMA
+    weights, mixed precision on CUDA (``amp``: ``"auto"``, ``"bf16"``, ``"fp16"``, ``"off"``),
+    a stop with ``FloatingPointError`` naming the step on a non-finite loss, and a checkpoint on
+    Ctrl-C. ``pool=(lows or None, highs (N, 3, R, R) in [-1, 1], captions)`` trains on those
     images instead of rendered shapes (real data: :mod:`imagen_edu.data.real`); ``lows`` (N, 3,
-    r, r) is required for a super-resolution stage. Stops with ``FloatingPointError`` naming the step if the loss is not finite.
+    r, r) is required for a super-resolution stage.
 
-    With ``out_dir``: writes ``imagen_STAGE.resume.safetensors`` (weights, EMA, optimizer, step)
-    every ``save_every`` steps, and at the end ``imagen_STAGE.safetensors`` (the EMA weights and
-    config, via :mod:`imagen_edu.checkpoints`) with a ``imagen_STAGE`` entry in
-    ``out_dir/manifest.json``. ``resume=True`` continues from the resume file.
+    With ``out_dir``: writes the full training state to ``imagen_STAGE.resume.safetensors`` every
+    ``save_every`` steps and at the end, and ``imagen_STAGE.safetensors`` (the EMA weights and
+    config, via :mod:`imagen_edu.checkpoints`) with an ``imagen_STAGE`` entry in
+    ``out_dir/manifest.json``. ``resume=True`` continues from the resume file exactly (a longer
+    ``steps`` may be given to train a finished run further).
 
     Returns a dict: ``stage`` (the EMA :class:`ImagenStage`, eval mode), ``raw`` (the trained
     weights), ``losses``, ``steps`` (total), ``seconds`` (training time of this call),
     ``images_per_s`` and ``path`` (or ``None``).
     """
+    from .train import TrainConfig, Trainer
+
     cfg = config
     device = torch.device(device or "cpu")
     if encoder is None:
@@ -807,100 +836,54 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
     if encoder.dim != cfg.text_dim:
         raise ValueError(f"the text encoder gives {encoder.dim}-d embeddings but the stage expects "
                          f"text_dim={cfg.text_dim}")
-    torch.manual_seed(cfg.seed)
-    model = ImagenStage(cfg).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    start, prev_seconds = 0, 0.0
     rfile = _resume_file(out_dir, cfg.name) if out_dir is not None else None
-    if resume:
-        if rfile is None or not rfile.is_file():
-            raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file "
-                                    f"{rfile if rfile else '(no out_dir given)'}")
-        tensors, meta = checkpoints.load(rfile)
-        saved = StageConfig.from_dict(meta["stage_config"])
-        if saved.unet != cfg.unet:
-            raise ValueError(f"{rfile} holds a stage with another U-Net config: {saved.unet}")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        _load_opt_state(opt, tensors)
-        start, prev_seconds = int(meta["step"]), float(meta.get("seconds", 0.0))
-        g.set_state(tensors["rng"].to(torch.uint8))
+    if resume and (rfile is None or not rfile.is_file()):
+        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file "
+                                f"{rfile if rfile else '(no out_dir given)'}")
+    if not resume and rfile is not None and rfile.is_file():
+        rfile.unlink()  # a fresh run in this folder replaces the previous one (the CLI's documented behaviour)
 
     lows, highs, caps = _training_pool(cfg, progress) if pool is None else _check_pool(cfg, pool)
     cache = TextCache(encoder, caps)
     cap_ids = cache.ids(caps)
-    emb_table, mask_table = cache.emb.to(device), cache.mask.to(device)
-
-    def save_resume(step, seconds):
-        state = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-                 **{f"ema.{k}": v for k, v in ema.state_dict().items()},
-                 **_opt_state_tensors(opt), "rng": g.get_state()}
-        checkpoints.save(rfile, state, {"stage_config": cfg.to_dict(), "step": step, "seconds": seconds})
-
-    losses: list[float] = []
-    it = range(start, cfg.steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=f"training {cfg.name}", initial=start, total=cfg.steps, leave=False)
-    model.train()
+    torch.manual_seed(cfg.seed)
+    module = _StageLoss(ImagenStage(cfg), cache.emb.to(device), cache.mask.to(device))
+    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=0.0,
+                       warmup_steps=cfg.warmup, min_lr_ratio=0.1, grad_clip=cfg.grad_clip,
+                       ema_decay=cfg.ema_decay, amp=amp,
+                       checkpoint_every=save_every if out_dir is not None else 0,
+                       out_dir=None if out_dir is None else str(out_dir), seed=cfg.seed,
+                       log_every=max(1, int(log_every)), max_seconds=cfg.max_seconds)
+    trainer = Trainer(module, lambda m, batch: m(batch), stage_batches(cfg, highs, cap_ids, lows), tcfg,
+                      resume=resume, device=device, progress=progress, model_info=_model_info(cfg),
+                      allow_changes=("steps", "max_seconds"),
+                      **({} if rfile is None else {"checkpoint_name": rfile.name}))
+    start_step = trainer.step
     t0 = time.perf_counter()
-    for step in it:
-        elapsed = prev_seconds + time.perf_counter() - t0
-        if cfg.max_seconds is not None and elapsed > cfg.max_seconds:
-            break
-        # with a time cap, the schedule follows whichever is further along: steps or time
-        progress_step = step if cfg.max_seconds is None else max(step, elapsed / cfg.max_seconds * cfg.steps)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, progress_step)
-        idx = torch.randint(0, len(highs), (cfg.batch_size,), generator=g)
-        x0 = highs[idx].to(device)
-        ci = cap_ids[idx].to(device)
-        low = lows[idx].to(device) if lows is not None else None
-        loss = model.training_loss(x0, emb_table[ci], mask_table[ci], lowres=low, generator=g)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage {cfg.name!r}: the loss became {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
-        losses.append(loss.item())
-        if progress and hasattr(it, "set_postfix") and step % 20 == 0:
-            it.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-        if log_every and (step + 1) % log_every == 0:
-            print(f"{cfg.name} step {step + 1} loss {sum(losses[-log_every:]) / log_every:.4f} "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
-        if callback is not None:
-            callback(step + 1, model, ema)
-        if rfile is not None and save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
-            save_resume(step + 1, prev_seconds + time.perf_counter() - t0)
+    try:
+        losses = trainer.train()
+    finally:
+        trainer.close()
     seconds = time.perf_counter() - t0
-    total_steps = start + len(losses)
-    model.eval()
-    ema.eval()
+    new = trainer.step - start_step
+    ema, raw = trainer.ema_model().stage.eval(), trainer.model.stage.eval()
     path = None
     if out_dir is not None:
-        save_resume(total_steps, prev_seconds + seconds)
-        metrics = {"steps": total_steps, "train_seconds": round(prev_seconds + seconds, 1),
-                   "images_per_s": round(len(losses) * cfg.batch_size / max(seconds, 1e-9), 1),
+        metrics = {"steps": trainer.step, "train_seconds": round(seconds, 1),
+                   "images_per_s": round(new * cfg.batch_size / max(seconds, 1e-9), 1),
                    "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5) if losses else None,
-                   "train_threads": torch.get_num_threads(),
-                   "n_params": sum(p.numel() for p in model.parameters())}
+                   "train_threads": torch.get_num_threads(), "device": str(device),
+                   "n_params": sum(p.numel() for p in raw.parameters())}
+        if trainer.resumed_from is not None:
+            metrics["resumed_from_step"] = trainer.resumed_from
         path = save_stage(ema, stage_file(out_dir, cfg.name), train=metrics)
         with _manifest_lock(out_dir):  # stages may train side by side and finish together
             checkpoints.register(f"imagen_{cfg.name}", path,
                                  command=command or train_command(cfg.name, profile or "cpu", out_dir),
                                  seed=cfg.seed, metrics=metrics, profile=profile,
                                  manifest=Path(out_dir) / "manifest.json")
-    return {"stage": ema, "raw": model, "losses": losses, "steps": total_steps, "seconds": seconds,
-            "images_per_s": len(losses) * cfg.batch_size / max(seconds, 1e-9), "path": path}
+    return {"stage": ema, "raw": raw, "losses": losses[start_step:], "steps": trainer.step, "seconds": seconds,
+            "images_per_s": new * cfg.batch_size / max(seconds, 1e-9), "path": path}
 
 
 # ---------------------------------------------------------------------------------------------

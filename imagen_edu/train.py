@@ -603,6 +603,7 @@ class Trainer:
             in the checkpoint; resuming with different ``model_info`` is an error.
         ddp_kwargs: extra arguments for ``DistributedDataParallel`` (e.g.
             ``find_unused_parameters=True``).
+        checkpoint_name: the checkpoint's file name inside ``config.out_dir``.
         allow_changes: config fields that may differ from the checkpoint's on resume, e.g.
             ``("steps",)`` to train a finished run for longer (the schedule then follows the
             new config; the run is no longer identical to any uninterrupted one).
@@ -618,7 +619,7 @@ class Trainer:
     def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
                  batch_fn: Callable[[int, int, int, torch.Generator], Any], config: TrainConfig, *,
                  resume: bool = False, device=None, progress: bool = True, model_info: dict | None = None,
-                 ddp_kwargs: dict | None = None, allow_changes=()):
+                 ddp_kwargs: dict | None = None, allow_changes=(), checkpoint_name: str = CHECKPOINT_NAME):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn) or not callable(batch_fn):
@@ -639,6 +640,9 @@ class Trainer:
         if unknown:
             raise ValueError(f"allow_changes names unknown TrainConfig fields {unknown}; fields: {sorted(names)}")
         self.allow_changes = allow_changes
+        if not isinstance(checkpoint_name, str) or not checkpoint_name or "/" in checkpoint_name:
+            raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
+        self.checkpoint_name = checkpoint_name
         self.config, self.loss_fn, self.batch_fn = config, loss_fn, batch_fn
         self.model_info, self.progress = model_info, progress
 
@@ -736,8 +740,8 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path | None:
-        """``out_dir / checkpoint.safetensors`` (``None`` without an out_dir)."""
-        return None if self.config.out_dir is None else Path(self.config.out_dir) / CHECKPOINT_NAME
+        """``out_dir / checkpoint_name`` (``None`` without an out_dir)."""
+        return None if self.config.out_dir is None else Path(self.config.out_dir) / self.checkpoint_name
 
     def ema_model(self) -> nn.Module:
         """The EMA weights (eval mode) to sample with; the model itself when ``ema_decay`` is None."""

@@ -384,3 +384,21 @@ def test_three_stage_cascade_with_sr2(encoder):
     assert [x.shape[-1] for x in per_stage] == [8, 16, 32] and out.shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="sr2"):
         im.ImagenCascade(encoder, [im.ImagenStage(cfgs["base"]), im.ImagenStage(cfgs["sr2"])])
+
+
+def test_shipped_cascade_verifies_and_samples():
+    """The shipped toy cascade: every file matches its manifest sha256, and it samples 32 px images."""
+    from imagen_edu import checkpoints
+
+    for key in ("imagen_base", "imagen_sr1"):
+        checkpoints.verify(key)
+    d = checkpoints.checkpoint_dir()
+    for sub in ("aug", "noaug"):
+        checkpoints.verify("imagen_sr1", manifest=d / "ablation_nca" / sub / "manifest.json")
+    cas = im.ImagenCascade.from_dir()
+    assert cas.resolutions == [16, 32]
+    out = cas.sample(["a red circle", "a blue square above a green triangle"], n=1, steps=2, progress=False)
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all() and out.abs().max() <= 1.0
+    noaug = im.load_stage(d / "ablation_nca" / "noaug" / "imagen_sr1.safetensors", verify_name="imagen_sr1",
+                          manifest=d / "ablation_nca" / "noaug" / "manifest.json")
+    assert noaug.config.aug_max_level == 0.0 and noaug.config.aug_sample_level == 0.0
