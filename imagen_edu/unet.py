@@ -76,6 +76,10 @@ class UNetConfig:
         context_dim: width of optional text tokens for cross-attention (chapter 5).
         cross_attention_resolutions: where cross-attention sits (default: attention_resolutions).
         lowres_channels: channels of an optional low-resolution conditioning image (super-resolution).
+        context_positions: if > 0, a learned position embedding (initialised to sinusoids) is
+            added to the first ``context_positions`` text tokens before cross-attention, so that
+            *where* a word sits in the caption (which object comes first) is as easy to read as
+            *which* word it is (0: off; chapter 5).
     """
 
     image_size: int = 32
@@ -93,6 +97,7 @@ class UNetConfig:
     context_dim: int | None = None
     cross_attention_resolutions: tuple[int, ...] | None = None
     lowres_channels: int | None = None
+    context_positions: int = 0
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -119,6 +124,10 @@ class UNetConfig:
                                  f"and num_heads={self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.context_positions, int) or self.context_positions < 0:
+            raise ValueError(f"context_positions must be an int >= 0, got {self.context_positions!r}")
+        if self.context_positions and self.context_dim is None:
+            raise ValueError("context_positions needs context_dim (text tokens to add positions to)")
 
     def res_blocks_per_level(self) -> tuple[int, ...]:
         n = self.num_res_blocks
@@ -239,6 +248,11 @@ class UNet(nn.Module):
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.cond_proj = nn.Linear(c.cond_dim, emb_dim) if c.cond_dim else None
+        self.context_pos = None
+        if c.context_positions:
+            from .attention import sinusoidal_positions
+
+            self.context_pos = nn.Parameter(sinusoidal_positions(c.context_positions, c.context_dim))
         self.noise_level_mlp = (nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
                                 if c.lowres_channels else None)
         in_ch = c.in_channels + (c.lowres_channels or 0)
@@ -327,6 +341,11 @@ class UNet(nn.Module):
             if context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]:
                 raise ValueError(f"context_mask must be bool (B, L) = {tuple(context.shape[:2])}, got "
                                  f"{context_mask.dtype} {tuple(context_mask.shape)}")
+            if self.context_pos is not None:
+                if context.shape[1] > c.context_positions:
+                    raise ValueError(f"context has {context.shape[1]} tokens but the U-Net has position embeddings "
+                                     f"for {c.context_positions} (UNetConfig.context_positions)")
+                context = context + self.context_pos[: context.shape[1]].to(context.dtype)
         elif context is not None or context_mask is not None:
             raise ValueError("this UNet has no cross-attention: build it with UNetConfig(context_dim=...)")
 

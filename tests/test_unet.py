@@ -149,3 +149,26 @@ def test_save_load_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="no checkpoint"):
         load_unet(tmp_path / "missing.safetensors")
+
+
+def test_context_positions_make_cross_attention_order_aware():
+    """Cross-attention alone is blind to word order (a permutation of the tokens gives the same
+    output); with ``context_positions`` the order of the tokens matters (chapter 5: which object
+    comes first in "A left of B")."""
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 50])
+    ctx = torch.randn(2, 5, 12)
+    perm = torch.tensor([4, 2, 0, 1, 3])
+    outs = {}
+    for k in (0, 8):
+        torch.manual_seed(1)
+        m = UNet(UNetConfig(**SMALL, context_dim=12, cross_attention_resolutions=(8,), context_positions=k)).eval()
+        randomise_output(m)
+        with torch.no_grad():
+            outs[k] = (m(x, t, context=ctx), m(x, t, context=ctx[:, perm]))
+    torch.testing.assert_close(outs[0][0], outs[0][1], atol=1e-5, rtol=1e-5)
+    assert (outs[8][0] - outs[8][1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="context_positions"):
+        UNetConfig(**SMALL, context_positions=4)  # no context_dim
+    with pytest.raises(ValueError, match="position embeddings for 8"):
+        m(x, t, context=torch.randn(2, 9, 12))
