@@ -216,7 +216,8 @@ _TOY_CACHE: dict[str, dict[str, NamedConfig]] = {}
 
 
 def toy_configs(profile: str) -> dict[str, NamedConfig]:
-    """``{"toy-P/base": ..., "toy-P/sr1": ...}``: :func:`imagen_edu.imagen.stage_configs` of profile ``P``.
+    """``{"toy-P/base": ..., "toy-P/sr1": ...}`` (and ``"toy-P/sr2"`` where the profile has a third
+    stage): :func:`imagen_edu.imagen.stage_configs` of profile ``P``.
 
     Their text width comes from the shipped chapter-2 language model (loaded once to read it).
     """
@@ -250,7 +251,9 @@ def names() -> list[str]:
     """The names :func:`get` accepts."""
     from . import profiles
 
-    return [f"toy-{p}/{s}" for p in profiles.names() for s in ("base", "sr1")] + list(paper_configs())
+    return [f"toy-{p}/{s}" for p in profiles.names()
+            for s in (("base", "sr1", "sr2") if profiles.get(p).imagen.sr2_resolution else ("base", "sr1"))] \
+        + list(paper_configs())
 
 
 def get(name: str) -> NamedConfig:

@@ -156,3 +156,10 @@ def test_bench_stage_on_cpu_reports_flops_and_no_mfu():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             bench.bench_stage(cfg, device="cuda")
+
+
+def test_names_and_get_cover_every_config():
+    names = configs.names()
+    assert set(names) == set(configs.all_configs()) and "toy-gpu/sr2" in names
+    for n in names:
+        assert configs.get(n).name == n
