@@ -413,3 +413,137 @@ def show_solutions(module, heading: str) -> None:
             text += f"\n\n*Check:* `{verdicts[name]!r}`"
         display(Markdown(text))
         show_source(fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 5: guidance sweeps, sample diversity and the prompt widget
+# ---------------------------------------------------------------------------------------------
+def sample_diversity(images, n_per_prompt: int) -> float:
+    """Mean pairwise L2 distance between samples of the same prompt (chapter 5's diversity).
+
+    ``images (P * k, 3, H, W)`` in [-1, 1], prompt-major as :meth:`imagen_edu.imagen.ImagenCascade.sample`
+    returns them (the ``k = n_per_prompt`` samples of prompt 0 first). For each prompt, the mean of
+    ``||x_i - x_j||_2`` (over all pixels) over its ``k (k - 1) / 2`` pairs; then the mean over prompts.
+    0 when every prompt gives identical images. Derived in chapter 5, Eq. (ch5-eq-diversity).
+    """
+    import torch
+    from einops import rearrange
+
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a tensor (P * k, C, H, W), got {getattr(images, 'shape', type(images))}")
+    if isinstance(n_per_prompt, bool) or not isinstance(n_per_prompt, int) or n_per_prompt < 2:
+        raise ValueError(f"n_per_prompt must be an int >= 2 (pairs are needed), got {n_per_prompt!r}")
+    if images.shape[0] % n_per_prompt:
+        raise ValueError(f"{images.shape[0]} images are not a whole number of groups of {n_per_prompt}")
+    x = rearrange(images.detach().double().cpu(), "(p k) c h w -> p k (c h w)", k=n_per_prompt)
+    d = torch.cdist(x, x)                                             # (P, k, k)
+    iu = torch.triu_indices(n_per_prompt, n_per_prompt, offset=1)
+    return float(d[:, iu[0], iu[1]].mean())
+
+
+def guidance_sweep_plot(ws, accuracy, diversity, ax=None, title: str | None = None,
+                        xlabel: str = "sample diversity (mean pairwise L2 distance, same prompt)",
+                        ylabel: str = "judge accuracy ('all')"):
+    """Accuracy against diversity, one point per guidance weight ``w``, joined in order of ``w``.
+
+    The toy analogue of the FID vs CLIP-score curves of Saharia et al. 2022 (their Fig. 4):
+    each point is labelled with its ``w`` and coloured along ``cividis`` by ``w``. Returns the axis.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ws, acc, div = (np.asarray(v, dtype=float) for v in (ws, accuracy, diversity))
+    if not len(ws) == len(acc) == len(div) or len(ws) == 0:
+        raise ValueError(f"ws, accuracy and diversity need the same non-zero length, got "
+                         f"{len(ws)}, {len(acc)}, {len(div)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(div, acc, "-", c="0.6", lw=1, zorder=1)
+    sc = ax.scatter(div, acc, c=ws, cmap="cividis", s=60, edgecolors="k", zorder=2)
+    for w, x, y in zip(ws, div, acc):
+        ax.annotate(f"w={w:g}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.figure.colorbar(sc, ax=ax, label="guidance weight w", fraction=0.05)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def _images_html(images, captions=None, scale: int = 4, alt: str = "generated image") -> str:
+    """A row of images (N, 3, H, W) in [-1, 1] as inline PNGs, pixelated, with optional captions."""
+    import html as _html
+
+    imgs = to_display(images)
+    size = imgs.shape[1] * scale
+    cells = []
+    for i, img in enumerate(imgs):
+        cap = "" if captions is None else f"<br>{_html.escape(str(captions[i]))}"
+        cells.append(f"<div style='display:inline-block;margin:4px;text-align:center;font:11px sans-serif'>"
+                     f"<img src='{_png_data_uri(img)}' width='{size}' height='{size}' "
+                     f"style='image-rendering:pixelated' alt='{_html.escape(alt)} {i + 1}'>{cap}</div>")
+    return "<div>" + "".join(cells) + "</div>"
+
+
+def prompt_widget(cascade, options, guidances=(1.0, 3.0, 5.0), steps=(5, 10, 25), n: int = 4,
+                  value: str | None = None, seed: int = 0, scale: int = 4):
+    """Type a caption, choose the guidance weight ``w`` and the DDIM steps, see the cascade's samples.
+
+    Args:
+        cascade: an :class:`imagen_edu.imagen.ImagenCascade` (e.g. ``ImagenCascade.from_dir()``).
+        options: captions offered in the caption box's drop-down list (any text may be typed).
+        guidances: the weights ``w`` offered (buttons); the base stage's default is selected
+            first when it is among them.
+        steps: the DDIM step counts offered (buttons), used by the base stage; the
+            super-resolution stages keep their own default.
+        n: samples per prompt; ``seed``: seeds the noise (same settings, same images).
+        value: the first caption (default: ``options[0]``); its samples are generated at once so
+            the built HTML page shows them from the saved widget state.
+
+    Returns:
+        An ipywidgets ``VBox``. Clicking "generate" samples with the current settings (a few
+        seconds on a CPU); bad input (an empty caption) shows the error instead of images, and
+        words outside the vocabulary are named above the images.
+    """
+    import html as _html
+    import time
+    import warnings
+
+    import ipywidgets as W
+
+    options = list(options)
+    if not options:
+        raise ValueError("options must hold at least one caption")
+    start = value if value is not None else options[0]
+    box = W.Combobox(value=start, options=options, ensure_option=False, placeholder="type a caption",
+                     description="caption:", layout=W.Layout(width="480px"))
+    w0 = float(cascade.stages[0].config.guidance)
+    w0 = w0 if w0 in [float(w) for w in guidances] else float(guidances[0])  # the base stage's default if offered
+    w_btn = W.ToggleButtons(options=[(f"{w:g}", float(w)) for w in guidances], value=w0,
+                            description="w:", style={"button_width": "auto"})
+    s_btn = W.ToggleButtons(options=[(str(k), int(k)) for k in steps], value=int(steps[-1]),
+                            description="steps:", style={"button_width": "auto"})
+    go = W.Button(description="generate", button_style="primary", icon="play")
+    out = W.HTML()
+
+    def render(caption, w, k):
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                per_stage = [k] + [s.config.sample_steps for s in cascade.stages[1:]]
+                imgs = cascade.sample([caption], n=n, guidance=w, steps=per_stage, seed=seed, progress=False)
+        except (ValueError, TypeError) as err:
+            return f"<p style='color:#b00'>{_html.escape(str(err))}</p>"
+        note = "".join(f"<p style='color:#a60;font-size:12px'>{_html.escape(str(c.message))}</p>" for c in caught)
+        head = (f"<b>{_html.escape(caption)}</b> &nbsp; w = {w:g}, {k} steps, {n} samples, "
+                f"{time.perf_counter() - t0:.1f} s")
+        return f"<div>{head}{note}{_images_html(imgs, scale=scale, alt='sample for ' + caption)}</div>"
+
+    def on_click(_):
+        out.value = "<p>sampling...</p>"
+        out.value = render(box.value, w_btn.value, s_btn.value)
+
+    go.on_click(on_click)
+    out.value = render(start, w_btn.value, s_btn.value)
+    return W.VBox([box, w_btn, s_btn, go, out])

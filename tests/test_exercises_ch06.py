@@ -1,0 +1,55 @@
+"""The chapter-6 exercise checks accept the reference solutions and the package's own functions,
+and reject plausible wrong answers (so a check can fail)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from imagen_edu import train, viz
+from imagen_edu.exercises import ch06
+
+
+def test_every_solution_passes_its_check():
+    passed = viz.check_solutions(ch06)
+    names = {n for n, _ in viz.solution_functions(ch06)}
+    assert names == set(passed) and len(names) == 4, (names, passed)
+
+
+def test_package_functions_pass_the_checks():
+    assert ch06.check_lr_at(lambda s, b, w, t, r: train.lr_at(s, base_lr=b, warmup_steps=w, total_steps=t,
+                                                               min_lr_ratio=r), verbose=False)
+    assert ch06.check_conv_params(
+        lambda ci, co, k, bias=True: sum(p.numel() for p in torch.nn.Conv2d(ci, co, k, bias=bias).parameters()),
+        verbose=False)
+
+
+def test_checks_reject_wrong_answers():
+    # warm-up that starts at 0 instead of base_lr / warmup (off by one)
+    assert not ch06.check_lr_at(lambda s, b, w, t, r: ch06.solution_lr_at(s, b, w, t, r) if s >= w else b * s / w,
+                                verbose=False)
+    # cosine that decays to 0 instead of min_lr_ratio * base_lr
+    assert not ch06.check_lr_at(lambda s, b, w, t, r: ch06.solution_lr_at(s, b, w, t, 0.0), verbose=False)
+    assert not ch06.check_mfu(lambda f, dt, peak: f / dt / peak, verbose=False)           # units
+    assert not ch06.check_mfu(lambda f, dt, peak: 100 * f / dt / (peak * 1e12), verbose=False)  # percent
+    assert not ch06.check_ema_update(lambda e, w, d: d * w + (1 - d) * e, verbose=False)  # weights swapped
+    assert not ch06.check_conv_params(lambda ci, co, k, bias=True: ci * co * k * k, verbose=False)  # no bias
+    assert not ch06.check_conv_params(lambda ci, co, k, bias=True: co * (ci * k * k + 1), verbose=False)  # bias ignored
+
+
+def test_a_crashing_answer_fails_with_its_error(capsys):
+    res = ch06.check_mfu(lambda f, dt, peak: 1 / 0)
+    assert not res and "ZeroDivisionError" in res.message
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_mfu_solution_on_the_h200_measurement():
+    """The solution reproduces the MFU that bench wrote for the paper's base model on the H200."""
+    import json
+    from pathlib import Path
+
+    rec = json.loads((Path(__file__).resolve().parents[1] / "data/benchmarks/h200-2026-11-26/paper_bf16.json")
+                     .read_text())["stages"]["paper/base64"]
+    mfu = ch06.solution_mfu(rec["flops_per_step"], rec["step_seconds"], rec["peak_tflops"])
+    assert math.isclose(mfu, rec["mfu"], abs_tol=5e-4)
