@@ -79,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance w >= 0 (base stage)")
     s.add_argument("--steps", type=int, default=None, help="DDIM steps per stage")
     s.add_argument("--out", required=True, help="output folder for the PNG files")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (the toy models are often fastest with 1)")
     s.add_argument("--checkpoint-dir", default=None, help="folder with the cascade (default: shipped)")
     s.add_argument("--batch-size", type=int, default=256, help="images generated at once")
     s.add_argument("--threshold", default=None, choices=["dynamic", "static", "none"],
                    help="x0 thresholding (default: each stage's own)")
 
     e = sub.add_parser("eval", help="judge accuracies on test and heldout captions (JSON)")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (the toy models are often fastest with 1)")
     e.add_argument("--checkpoint-dir", default=None, help="folder with the cascade (default: shipped)")
     e.add_argument("--n", type=int, default=200, help="captions per set (one- and two-object half and half)")
     e.add_argument("--seed", type=int, default=0)
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="also write the JSON to this file")
 
     b = sub.add_parser("bench", help="training images/s per stage and sampling seconds per image (JSON)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (the toy models are often fastest with 1)")
     b.add_argument("--checkpoint-dir", default=None)
     b.add_argument("--profile", default=None)
     b.add_argument("--n", type=int, default=64, help="images to sample")
@@ -514,6 +517,14 @@ def main(argv=None) -> int:
     from .imagen import MissingCheckpointError
 
     args = build_parser().parse_args(argv)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            print(f"error: --threads must be >= 1, got {threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench, "configs": _configs,
                 "embed": _embed}[args.command](args)

@@ -313,3 +313,17 @@ def test_world_size_is_checked_before_training(tmp_path, monkeypatch, capsys, wo
     assert cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_threads_option(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["sample", "--prompt", "a red circle", "--n", "1", "--steps", "1", "--threads", "1",
+                         "--out", str(tmp_path)]) == 0
+        assert torch.get_num_threads() == 1
+        assert cli.main(["eval", "--threads", "0", "--n", "2"]) == 2
+        assert "--threads must be >= 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
