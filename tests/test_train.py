@@ -211,13 +211,18 @@ def test_ctrl_c_never_cuts_an_update_in_half():
 
     from imagen_edu.train import _defer_sigint
 
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with _defer_sigint():
-            os.kill(os.getpid(), signal.SIGINT)  # arrives "during" the optimizer update
-            done.append("update finished")
-    assert done == ["update finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # a shell's background job starts with SIGINT ignored: install Python's handler for the test
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with _defer_sigint():
+                os.kill(os.getpid(), signal.SIGINT)  # arrives "during" the optimizer update
+                done.append("update finished")
+        assert done == ["update finished"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_killed_process_resumes_bit_identical(tmp_path, reference_run):
