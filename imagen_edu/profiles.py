@@ -154,7 +154,7 @@ class ImagenSettings:
     base_attention: tuple = (8, 4)
     base_cross_attention: tuple = (16, 8, 4)
     base_two_object_fraction: float = 0.75
-    base_steps: int = 2600
+    base_steps: int = 2400
     base_batch: int = 32
     base_max_seconds: float | None = 1080.0
     base_guidance: float = 3.0
@@ -169,7 +169,7 @@ class ImagenSettings:
     sr_res_blocks: int = 1
     sr_cross_attention: tuple = (16, 8)
     sr_two_object_fraction: float = 0.75
-    sr_steps: int = 2600
+    sr_steps: int = 2500
     sr_batch: int = 32
     sr_max_seconds: float | None = 1080.0
     sr_sample_steps: int = 15
