@@ -277,36 +277,8 @@ def _warn_unknown_words(encoder, captions) -> None:
                       "e.g. --text-encoder t5:t5-small", UserWarning, stacklevel=2)
 
 
-def _check_resume_file(cfg, out_dir) -> None:
-    """Before any step: the resume file in ``out_dir`` must hold this stage, with this config."""
-    from . import checkpoints
-    from .imagen import StageConfig, _resume_file
-
-    rfile = _resume_file(out_dir, cfg.name)
-    if not rfile.is_file():
-        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file {rfile} (train without "
-                                "--resume first)")
-    _, meta = checkpoints.load(rfile)
-    info = meta.get("model_info") if isinstance(meta, dict) else None
-    if not isinstance(info, dict) or "stage_config" not in info:
-        raise ValueError(f"{rfile} is not a resume file of python -m imagen_edu train (no stage_config)")
-    saved = {**cfg.to_dict(), **info["stage_config"]}
-    if saved.get("name") != cfg.name:
-        raise ValueError(f"{rfile} is a checkpoint of stage {saved.get('name')!r}, not of stage {cfg.name!r}")
-    now = cfg.to_dict()
-    saved = StageConfig.from_dict(saved).to_dict()
-    free = {"steps", "max_seconds"}  # may change to train longer
-    diff = [k for k in now if k not in free and now[k] != saved.get(k)]
-    if diff:
-        detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume from {rfile}: it was trained with another config ({detail}). "
-                         "Use the same --profile, --data/--set options, or another --out folder")
-
-
 def _train(args) -> int:
     import inspect
-
-    import torch
 
     from . import profiles
     from .imagen import get_text_encoder, stage_config, train_command, train_stage
@@ -315,8 +287,6 @@ def _train(args) -> int:
     if args.profile is not None:
         os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
     prof = profiles.current()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = stage_config(args.stage, prof)
     changes = {}
     if args.seed is not None:
@@ -338,7 +308,7 @@ def _train(args) -> int:
         D = cache.dim if cache is not None else get_text_encoder(args.text_encoder).dim
         cfg = cfg.replace(text_encoder=args.text_encoder, text_dim=D, unet={"cond_dim": D, "context_dim": D})
     cfg = apply_overrides(cfg, parse_overrides(args.overrides))
-    # checks that need no step: world size, resume folder, text cache, data
+    # checks that need no step: world size, text cache, data (train_stage checks the resume file)
     ws = dist_info().world_size
     if ws > 1:
         if cfg.batch_size % ws:
@@ -347,8 +317,6 @@ def _train(args) -> int:
                              f"multiple of {ws}")
         raise ValueError(f"python -m imagen_edu train runs in one process, but torchrun started {ws}: "
                          "for multi-GPU training use imagen_edu.train.Trainer (chapter 6)")
-    if args.resume:
-        _check_resume_file(cfg, args.out)
     if cache is not None:
         if cache.dim != cfg.text_dim:
             raise ValueError(f"{args.text_cache} holds {cache.dim}-d embeddings (encoder {cache.encoder_name!r}) "

@@ -198,11 +198,10 @@ class StageConfig:
         threshold: default thresholding of the predicted ``x0`` at sampling: ``"dynamic"``,
             ``"static"`` or ``"none"``.
         eta: default DDIM noise scale at sampling (0: deterministic DDIM, 1: ancestral-like).
-        steps, batch_size, lr, warmup, ema_decay, grad_clip: the training recipe (Adam, linear
-            warm-up then cosine decay to 10 % of ``lr``).
-        max_seconds: optional wall-clock cap on training (``None``: none). With a cap, the
-            learning-rate schedule follows elapsed time when that is further along than the step
-            count, so a slow machine still ends training at the low learning rate.
+        steps, batch_size, lr, warmup, ema_decay, grad_clip: the training recipe (AdamW without
+            weight decay, linear warm-up then cosine decay to 10 % of ``lr``; :class:`imagen_edu.train.Trainer`).
+        max_seconds: optional wall-clock cap on training (``None``: none): training stops there,
+            with a checkpoint, wherever the step-based schedule has got to.
         n_train_images: size of the rendered training pool (``train`` split).
         two_object_fraction: share of two-object scenes in the pool.
         seed: seed of the pool and of training.
@@ -331,26 +330,24 @@ def stage_configs(settings, text_dim: int | None = None) -> dict[str, StageConfi
         two_object_fraction=s.base_two_object_fraction, steps=s.base_steps, batch_size=s.base_batch,
         max_seconds=s.base_max_seconds, guidance=s.base_guidance, sample_steps=s.base_sample_steps,
         threshold=s.base_threshold, eta=s.base_eta, warmup=min(50, max(1, s.base_steps // 10)), **common)
-    h, g = heads_groups(s.sr_channels)
-    sr1 = StageConfig(
-        name="sr1", resolution=s.sr_resolution, lowres_resolution=s.base_resolution,
-        unet=_unet(s.sr_resolution, s.sr_channels, s.sr_mults, s.sr_res_blocks, (), s.sr_cross_attention, D,
-                   lowres=True, heads=h, groups=g),
-        two_object_fraction=s.sr_two_object_fraction, eta=s.sr_eta,
-        steps=s.sr_steps, batch_size=s.sr_batch, max_seconds=s.sr_max_seconds, guidance=1.0,
-        sample_steps=s.sr_sample_steps, threshold=s.sr_threshold, aug_max_level=s.aug_max_level,
-        aug_sample_level=s.aug_sample_level, warmup=min(50, max(1, s.sr_steps // 10)), **common)
-    out = {"base": base, "sr1": sr1}
-    if s.sr2_resolution is not None:
-        h, g = heads_groups(s.sr2_channels)
-        out["sr2"] = StageConfig(
-            name="sr2", resolution=s.sr2_resolution, lowres_resolution=s.sr_resolution,
-            unet=_unet(s.sr2_resolution, s.sr2_channels, s.sr2_mults, 1, (), s.sr2_cross_attention, D,
-                       lowres=True, heads=h, groups=g),
+    def sr_stage(name, resolution, lowres_resolution, channels, mults, blocks, cross, steps, batch, max_seconds,
+                 sample_steps):
+        h, g = heads_groups(channels)
+        return StageConfig(
+            name=name, resolution=resolution, lowres_resolution=lowres_resolution,
+            unet=_unet(resolution, channels, mults, blocks, (), cross, D, lowres=True, heads=h, groups=g),
             two_object_fraction=s.sr_two_object_fraction, eta=s.sr_eta,
-            steps=s.sr2_steps, batch_size=s.sr2_batch, max_seconds=s.sr2_max_seconds, guidance=1.0,
-            sample_steps=s.sr2_sample_steps, threshold=s.sr_threshold, aug_max_level=s.aug_max_level,
-            aug_sample_level=s.aug_sample_level, warmup=min(50, max(1, s.sr2_steps // 10)), **common)
+            steps=steps, batch_size=batch, max_seconds=max_seconds, guidance=1.0,
+            sample_steps=sample_steps, threshold=s.sr_threshold, aug_max_level=s.aug_max_level,
+            aug_sample_level=s.aug_sample_level, warmup=min(50, max(1, steps // 10)), **common)
+
+    out = {"base": base,
+           "sr1": sr_stage("sr1", s.sr_resolution, s.base_resolution, s.sr_channels, s.sr_mults, s.sr_res_blocks,
+                           s.sr_cross_attention, s.sr_steps, s.sr_batch, s.sr_max_seconds, s.sr_sample_steps)}
+    if s.sr2_resolution is not None:
+        out["sr2"] = sr_stage("sr2", s.sr2_resolution, s.sr_resolution, s.sr2_channels, s.sr2_mults, 1,
+                              s.sr2_cross_attention, s.sr2_steps, s.sr2_batch, s.sr2_max_seconds,
+                              s.sr2_sample_steps)
     return out
 
 
@@ -794,9 +791,39 @@ def stage_batches(cfg: StageConfig, highs: torch.Tensor, cap_ids: torch.Tensor, 
     return batch_fn
 
 
+def check_resume(cfg: StageConfig, out_dir) -> None:
+    """Before any step: ``out_dir`` must hold a resume file of this stage, trained with this config
+    (only ``steps`` and ``max_seconds`` may change). Raises ``FileNotFoundError`` or a
+    ``ValueError`` naming each differing field."""
+    if out_dir is None:
+        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file (no out_dir given)")
+    rfile = _resume_file(out_dir, cfg.name)
+    if not rfile.is_file():
+        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file {rfile} (train without "
+                                "--resume first)")
+    _, meta = checkpoints.load(rfile)
+    info = meta.get("model_info") if isinstance(meta, dict) else None
+    if not isinstance(info, dict) or "stage_config" not in info:
+        raise ValueError(f"{rfile} is not a resume file of python -m imagen_edu train (no stage_config)")
+    saved = {**cfg.to_dict(), **info["stage_config"]}
+    if saved.get("name") != cfg.name:
+        raise ValueError(f"{rfile} is a checkpoint of stage {saved.get('name')!r}, not of stage {cfg.name!r}")
+    now = cfg.to_dict()
+    saved = StageConfig.from_dict(saved).to_dict()
+    diff = [k for k in now if k not in _RESUME_FREE and now[k] != saved.get(k)]
+    if diff:
+        detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {rfile}: it was trained with another config ({detail}). "
+                         "Use the same --profile, --data/--set options, or another --out folder")
+
+
+#: StageConfig fields a resumed run may change (to train a finished run for longer)
+_RESUME_FREE = ("steps", "max_seconds")
+
+
 def _model_info(cfg: StageConfig) -> dict:
     d = cfg.to_dict()
-    for k in ("steps", "max_seconds"):  # may change on resume: train a finished run for longer
+    for k in _RESUME_FREE:
         d.pop(k, None)
     return {"stage_config": d}
 
@@ -837,9 +864,8 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
         raise ValueError(f"the text encoder gives {encoder.dim}-d embeddings but the stage expects "
                          f"text_dim={cfg.text_dim}")
     rfile = _resume_file(out_dir, cfg.name) if out_dir is not None else None
-    if resume and (rfile is None or not rfile.is_file()):
-        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file "
-                                f"{rfile if rfile else '(no out_dir given)'}")
+    if resume:
+        check_resume(cfg, out_dir)
     if not resume and rfile is not None and rfile.is_file():
         rfile.unlink()  # a fresh run in this folder replaces the previous one (the CLI's documented behaviour)
 
@@ -856,7 +882,7 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
                        log_every=max(1, int(log_every)), max_seconds=cfg.max_seconds)
     trainer = Trainer(module, lambda m, batch: m(batch), stage_batches(cfg, highs, cap_ids, lows), tcfg,
                       resume=resume, device=device, progress=progress, model_info=_model_info(cfg),
-                      allow_changes=("steps", "max_seconds"),
+                      allow_changes=_RESUME_FREE,
                       **({} if rfile is None else {"checkpoint_name": rfile.name}))
     start_step = trainer.step
     t0 = time.perf_counter()
