@@ -138,8 +138,9 @@ class ImagenSettings:
     :func:`imagen_edu.imagen.stage_config`.
     """
 
-    # the chapter-2 LM read at its input and output layers (imagen_edu.imagen.LMWordsAndStates)
-    text_encoder: str = "lm+words"
+    # the chapter-2 LM read at its input and output layers (imagen_edu.imagen.LMWordsAndStates),
+    # fed canonical captions ("B left of A" for "A right of B": imagen_edu.imagen.CanonicalCaptions)
+    text_encoder: str = "canonical:lm+words"
     timesteps: int = 1000
     objective: str = "v"
     lr: float = 2e-3

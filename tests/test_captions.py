@@ -70,3 +70,38 @@ def test_bad_types_and_splits():
         make_caption([("red", "hexagon")])
     with pytest.raises(ValueError):
         make_caption([("red", "circle")], "left of")
+
+
+def test_canonical_caption_says_the_same_with_left_of_or_above():
+    """Every two-object caption's canonical form uses ``left of``/``above``, is in the grammar, and
+    any scene drawn for it satisfies the original caption (same objects, same geometry)."""
+    import numpy as np
+
+    from imagen_edu.data import CONVERSE, canonical_caption
+    from imagen_edu.data.shapes import place_objects, relation_gap
+
+    rng = np.random.default_rng(0)
+    changed = 0
+    for p in all_captions():
+        c = canonical_caption(p.text)
+        q = parse_caption(c)
+        assert sorted(q.objects) == sorted(p.objects)
+        if p.relation is None:
+            assert c == p.text
+            continue
+        assert q.relation in ("left of", "above")
+        assert canonical_caption(c) == c                       # idempotent
+        changed += c != p.text
+        if c != p.text:                                         # objects swapped, relation its converse
+            assert q.objects == p.objects[::-1] and q.relation == CONVERSE[p.relation]
+        scene = place_objects(rng, q)                           # a scene for the canonical caption ...
+        by_obj = {(o.colour, o.shape): o for o in scene.objects}
+        a, b = by_obj[p.objects[0]], by_obj[p.objects[1]]
+        assert relation_gap(a, b, p.relation) > 0               # ... is a scene of the original one
+    assert changed == 1080 // 2
+    # one-object captions, text outside the grammar and case-forgiven input
+    assert canonical_caption("a red circle") == "a red circle"
+    assert canonical_caption("a photo of a cat") == "a photo of a cat"
+    assert canonical_caption("A red circle  BELOW a blue square") == "a blue square above a red circle"
+    with pytest.raises(TypeError, match="str"):
+        canonical_caption(3)

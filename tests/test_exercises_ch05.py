@@ -18,6 +18,9 @@ def test_package_functions_pass_the_checks():
     assert ch05.check_aug_alpha_bar(lambda a: imagen.aug_alpha_bar(a), verbose=False)
     assert ch05.check_augment_lowres(lambda x, a, n: imagen.augment_lowres(x, a, noise=n), verbose=False)
     assert ch05.check_diversity(viz.sample_diversity, verbose=False)
+    from imagen_edu.data import canonical_caption
+
+    assert ch05.check_canonical(canonical_caption, verbose=False)
 
 
 def test_checks_reject_wrong_answers():
@@ -27,6 +30,9 @@ def test_checks_reject_wrong_answers():
     assert not ch05.check_diversity(                                                     # squared distance
         lambda x, k: float(torch.stack([((x[i] - x[j]) ** 2).sum() for i in range(k) for j in range(i + 1, k)]).mean()),
         verbose=False)
+    assert not ch05.check_canonical(imagen.converse_caption, verbose=False)            # flips, does not swap
+    assert not ch05.check_canonical(lambda c: c.replace("right of", "left of").replace("below", "above"),
+                                    verbose=False)                                   # forgets to swap the objects
     assert not ch05.check_dynamic_threshold(lambda x, p: x.clamp(-1, 1), verbose=False)  # static only
     # one s for the whole batch instead of one per sample
     assert not ch05.check_dynamic_threshold(

@@ -367,6 +367,50 @@ def test_lm_words_and_states_encoder_sees_shape_words():
     torch.testing.assert_close(emb[0, : alone.shape[1]], alone[0])
 
 
+def test_canonical_encoder_reads_the_meaning_not_the_wording():
+    """``canonical:lm+words`` gives "A right of B" exactly the embedding of "B left of A", and
+    still tells "A left of B" from "B left of A" (the profile's default encoder)."""
+    from imagen_edu import profiles
+
+    assert profiles.get("cpu").imagen.text_encoder == "canonical:lm+words"
+    enc = im.get_text_encoder("canonical:lm+words")
+    plain = im.get_text_encoder("lm+words")
+    assert enc.dim == plain.dim and enc.name == "canonical:lm+words" and enc.tokenizer is plain.tokenizer
+    e, m = enc.encode(["a red circle right of a blue square", "a blue square left of a red circle",
+                       "a red circle left of a blue square", "a red circle below a green triangle",
+                       "a green triangle above a red circle", "a red circle"])
+    assert torch.equal(e[0], e[1]) and torch.equal(e[3], e[4])
+    assert (e[0] - e[2]).abs().max() > 0.1
+    p, pm = plain.encode(["a blue square left of a red circle", "a red circle"])
+    torch.testing.assert_close(e[1], p[0])                      # canonical captions pass through
+    torch.testing.assert_close(e[5, :5], p[1, :5])
+    with pytest.raises(TypeError, match="single str"):
+        enc.encode("a red circle")
+    with pytest.raises(ValueError, match="unknown text encoder"):
+        im.get_text_encoder("canonical:nope")
+
+
+def test_relation_loss_test_tells_the_shipped_base_from_the_plain_one():
+    """Chapter 5's loss test: the shipped base (canonical captions) pays for a flipped relation,
+    the ablation base trained on the captions as written does not (it never learnt sides)."""
+    from imagen_edu import checkpoints
+
+    d = checkpoints.checkpoint_dir() / "ablation_text" / "plain"
+    plain = im.load_stage(d / "imagen_base.safetensors", verify_name="imagen_base", manifest=d / "manifest.json")
+    shipped = im.load_stage(checkpoints.checkpoint_dir() / "imagen_base.safetensors", verify_name="imagen_base")
+    rp, rs = im.relation_loss_test(plain, n=96, bins=2), im.relation_loss_test(shipped, n=96, bins=2)
+    assert rp["t_ranges"] == [(0, 500), (500, 1000)]
+    for r in (rp, rs):
+        assert all(n > t for n, t in zip(r["null"], r["true"]))   # both read the text
+    assert all(abs(f - t) < 0.02 * t for f, t in zip(rp["flipped"], rp["true"]))
+    assert all(f > 1.5 * t for f, t in zip(rs["flipped"], rs["true"]))
+    assert im.converse_caption("a red circle below a blue square") == "a red circle above a blue square"
+    with pytest.raises(ValueError, match="two-object"):
+        im.converse_caption("a red circle")
+    with pytest.raises(ValueError, match="base stage"):
+        im.relation_loss_test(im.load_stage(checkpoints.checkpoint_dir() / "imagen_sr1.safetensors"))
+
+
 def test_three_stage_cascade_with_sr2(encoder):
     """``sr2_resolution`` in the settings adds a second SR stage fed by sr1; the cascade samples at its size."""
     import dataclasses
@@ -395,8 +439,13 @@ def test_shipped_cascade_verifies_and_samples():
     d = checkpoints.checkpoint_dir()
     for sub in ("aug", "noaug"):
         checkpoints.verify("imagen_sr1", manifest=d / "ablation_nca" / sub / "manifest.json")
+    checkpoints.verify("imagen_base", manifest=d / "ablation_text" / "plain" / "manifest.json")
+    plain = im.load_stage(d / "ablation_text" / "plain" / "imagen_base.safetensors", verify_name="imagen_base",
+                          manifest=d / "ablation_text" / "plain" / "manifest.json")
+    assert plain.config.text_encoder == "lm+words"
     cas = im.ImagenCascade.from_dir()
     assert cas.resolutions == [16, 32]
+    assert [s.config.text_encoder for s in cas.stages] == ["canonical:lm+words"] * 2
     out = cas.sample(["a red circle", "a blue square above a green triangle"], n=1, steps=2, progress=False)
     assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all() and out.abs().max() <= 1.0
     noaug = im.load_stage(d / "ablation_nca" / "noaug" / "imagen_sr1.safetensors", verify_name="imagen_sr1",

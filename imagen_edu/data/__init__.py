@@ -6,11 +6,13 @@ first use (``from imagen_edu.data import ShapesDataset`` works and loads ``shape
 
 from .captions import (  # noqa: F401
     COLOURS,
+    CONVERSE,
     HELDOUT_PAIRS,
     RELATIONS,
     SHAPES,
     ParsedCaption,
     all_captions,
+    canonical_caption,
     caption_corpus,
     make_caption,
     parse_caption,

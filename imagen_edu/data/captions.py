@@ -99,6 +99,30 @@ def parse_caption(text: str) -> ParsedCaption:
     raise ValueError(f"caption {text!r} is not in the shapes grammar: expected {GRAMMAR}")
 
 
+#: each relation's mirror image: ``A left of B`` says the same as ``B right of A``
+CONVERSE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def canonical_caption(text: str) -> str:
+    """The caption that says the same with the relation ``left of`` or ``above``; other text unchanged.
+
+    ``a red circle right of a blue square`` becomes ``a blue square left of a red circle`` (the
+    two objects swap, the relation becomes its converse); captions with ``left of`` or ``above``,
+    one-object captions and text outside the grammar come back as they are. In the canonical form
+    the object named first is always the one on the left (or on top), so word order alone says
+    where each object goes (chapter 5, "Left of, right of").
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"caption must be a str, got {type(text).__name__}")
+    try:
+        p = parse_caption(text)
+    except ValueError:
+        return text
+    if p.relation in ("right of", "below"):
+        return make_caption(p.objects[::-1], CONVERSE[p.relation])
+    return text
+
+
 def all_objects() -> list[Obj]:
     """All 18 (colour, shape) objects, colours in hue order."""
     return [(c, s) for c in COLOURS for s in SHAPES]

@@ -16,7 +16,7 @@ import torch
 
 from . import Result, run_check
 
-__all__ = ["check_guide", "check_diversity", "check_dynamic_threshold", "check_x0_from_v",
+__all__ = ["check_guide", "check_diversity", "check_canonical", "check_dynamic_threshold", "check_x0_from_v",
            "check_aug_alpha_bar", "check_augment_lowres"]
 
 
@@ -83,6 +83,35 @@ def check_diversity(fn, verbose: bool = True) -> Result:
 # ---------------------------------------------------------------------------------------------
 # 05_thresholding
 # ---------------------------------------------------------------------------------------------
+def check_canonical(fn, verbose: bool = True) -> Result:
+    """``fn(caption) -> caption``: the caption that says the same with the relation ``left of`` or
+    ``above`` (``A right of B`` -> ``B left of A``, ``A below B`` -> ``B above A``); captions that
+    already use ``left of`` or ``above``, one-object captions and any other text come back unchanged."""
+
+    def check():
+        from ..data.captions import all_captions
+
+        swap = {"right of": "left of", "below": "above"}
+        for p in all_captions():
+            (ca, sa), rel = p.objects[0], p.relation
+            text = p.text
+            if rel in swap:                                         # by hand, from the words
+                (cb, sb) = p.objects[1]
+                want = f"a {cb} {sb} {swap[rel]} a {ca} {sa}"
+            else:
+                want = text
+            got = fn(text)
+            assert isinstance(got, str), f"{text!r}: return a str, got {type(got).__name__}"
+            assert got == want, f"{text!r}: got {got!r}, expected {want!r}"
+        for other in ("a photo of a cat", "a red circle", ""):
+            assert fn(other) == other, f"{other!r} must come back unchanged, got {fn(other)!r}"
+
+    return run_check("canonical captions", check,
+                     "parse the caption (data.captions.parse_caption; it raises ValueError outside the "
+                     "grammar), and for 'right of' or 'below' swap the two objects and use the converse relation",
+                     verbose=verbose)
+
+
 def check_dynamic_threshold(fn, verbose: bool = True) -> Result:
     """``fn(x0 (B, ...), percentile) -> like x0``: dynamic thresholding, Eq. (ch5-eq-dynamic).
 
@@ -195,6 +224,22 @@ def solution_diversity(images, k):
     d = torch.cdist(x, x)
     i, j = torch.triu_indices(k, k, offset=1)
     return float(d[:, i, j].mean())
+
+
+def solution_canonical(caption):
+    """Only two relations need rewriting. Parse the caption; if it is outside the grammar (or has
+    one object, or already reads ``left of`` / ``above``) return it as it is; otherwise name the
+    second object first and replace the relation by its converse."""
+    from ..data.captions import make_caption, parse_caption
+
+    try:
+        p = parse_caption(caption)
+    except ValueError:
+        return caption
+    converse = {"right of": "left of", "below": "above"}
+    if p.relation in converse:
+        return make_caption(p.objects[::-1], converse[p.relation])
+    return caption
 
 
 def solution_dynamic_threshold(x0, percentile=0.995):
