@@ -224,8 +224,11 @@ def test_train_with_a_text_cache(tmp_path, capsys):
     from imagen_edu.imagen import get_text_encoder
 
     root = _shapes_folder(tmp_path / "f")
+    from imagen_edu import profiles
+
     caps = [f"a {c} square" for c in ("red", "blue", "green")]
-    build_cache(get_text_encoder("lm+words"), caps, tmp_path / "cache")
+    name = profiles.get("ci").imagen.text_encoder                   # the stage's own encoder
+    build_cache(get_text_encoder(name), caps, tmp_path / "cache")
     rc = cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(tmp_path / "run"), "--steps", "1",
                    "--data", f"folder:{root}", "--text-cache", str(tmp_path / "cache")])
     assert rc == 0
@@ -235,10 +238,16 @@ def test_train_with_a_text_cache(tmp_path, capsys):
                    "--data", f"folder:{root}", "--text-cache", str(tmp_path / "lm")])
     assert rc == 2 and "text_dim" in capsys.readouterr().err
     # a cache missing a training caption: the caption is named
-    build_cache(get_text_encoder("lm+words"), caps[:2], tmp_path / "part")
+    build_cache(get_text_encoder(name), caps[:2], tmp_path / "part")
     rc = cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(tmp_path / "run3"),
                    "--data", f"folder:{root}", "--text-cache", str(tmp_path / "part")])
     assert rc == 2 and "a green square" in capsys.readouterr().err
+    # a cache of the same width from another encoder: refused, naming both
+    build_cache(get_text_encoder("lm+words"), caps, tmp_path / "plain")
+    rc = cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(tmp_path / "run4"),
+                   "--data", f"folder:{root}", "--text-cache", str(tmp_path / "plain")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'lm+words'" in err and f"'{name}'" in err
 
 
 def test_train_data_errors(tmp_path, capsys):
