@@ -278,8 +278,6 @@ def _warn_unknown_words(encoder, captions) -> None:
 
 
 def _train(args) -> int:
-    import inspect
-
     from . import profiles
     from .imagen import get_text_encoder, stage_config, train_command, train_stage
     from .train import dist_info
@@ -301,9 +299,6 @@ def _train(args) -> int:
 
         cache = EmbeddingCache(args.text_cache)
     if args.text_encoder is not None:
-        if cache is not None and cache.encoder_name != args.text_encoder:
-            raise ValueError(f"{args.text_cache} was built with encoder {cache.encoder_name!r}, not "
-                             f"{args.text_encoder!r}")
         # the width of the encoder's embeddings (read from the cache: then the encoder is never loaded)
         D = cache.dim if cache is not None else get_text_encoder(args.text_encoder).dim
         cfg = cfg.replace(text_encoder=args.text_encoder, text_dim=D, unet={"cond_dim": D, "context_dim": D})
@@ -329,9 +324,6 @@ def _train(args) -> int:
     pool = data_pool(args.data, cfg, download=args.download)
     kw = {}
     if pool is not None:
-        if "pool" not in inspect.signature(train_stage).parameters:
-            raise ValueError("this version of imagen_edu.imagen.train_stage cannot train on real data "
-                             "(it has no pool argument)")
         kw["pool"] = pool
         if encoder is None:
             encoder = get_text_encoder(cfg.text_encoder)
@@ -412,8 +404,10 @@ def _bench(args) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but CUDA is not available here: use --device cpu")
     amp = args.amp
-    if amp is None:
-        amp = "none" if device == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if amp is None:  # the trainer's rule for amp="auto" (bf16 on GPUs that have it, fp16 on older ones, off on the CPU)
+        from .train import resolve_amp
+
+        amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "none"}[resolve_amp("auto", device)]
     if args.train_steps < 1:
         raise ValueError(f"--train-steps must be >= 1, got {args.train_steps}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -482,8 +476,6 @@ def _embed(args) -> int:
 
 def main(argv=None) -> int:
     """Entry point of ``python -m imagen_edu`` (and the ``imagen-edu`` script). Returns the exit status."""
-    from .imagen import MissingCheckpointError
-
     args = build_parser().parse_args(argv)
     threads = getattr(args, "threads", None)
     if threads is not None:
@@ -496,10 +488,7 @@ def main(argv=None) -> int:
     try:
         return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench, "configs": _configs,
                 "embed": _embed}[args.command](args)
-    except MissingCheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # FileNotFoundError includes MissingCheckpointError
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyError as err:  # e.g. a caption missing from an embedding cache

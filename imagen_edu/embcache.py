@@ -29,7 +29,6 @@ Derived in chapter 6 (Section "Precomputed text embeddings").
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -37,6 +36,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from . import checkpoints
 
 __all__ = ["build_cache", "EmbeddingCache", "CachedTextEncoder", "read_captions", "FORMAT"]
 
@@ -69,17 +70,6 @@ def read_captions(path) -> list[str]:
     if not out:
         raise ValueError(f"{path} holds no caption")
     return out
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def build_cache(encoder, captions: Sequence[str], path, batch_size: int = 64, *, dtype: str = "float16",
@@ -150,7 +140,7 @@ def build_cache(encoder, captions: Sequence[str], path, batch_size: int = 64, *,
     os.replace(tmp_offsets, path / "offsets.bin")
     meta = {"format": FORMAT, "encoder": getattr(encoder, "name", type(encoder).__name__), "dim": D,
             "dtype": dtype, "count": len(unique), "total_tokens": offsets[-1], "max_len": max_len,
-            "files": {f: {"bytes": (path / f).stat().st_size, "sha256": _sha256(path / f)}
+            "files": {f: {"bytes": (path / f).stat().st_size, "sha256": checkpoints.sha256(path / f)}
                       for f in ("tokens.bin", "offsets.bin")},
             "captions": unique}
     tmp_meta = path / "meta.json.tmp"
@@ -209,7 +199,7 @@ class EmbeddingCache:
             got = p.stat().st_size
             if got != size or got != meta["files"][f]["bytes"]:
                 raise ValueError(f"embedding cache file {p} is truncated or corrupt: {got} bytes, expected {size}")
-            if verify and _sha256(p) != meta["files"][f]["sha256"]:
+            if verify and checkpoints.sha256(p) != meta["files"][f]["sha256"]:
                 raise ValueError(f"embedding cache file {p} is corrupt: its sha256 differs from meta.json's")
         self.offsets = np.fromfile(path / "offsets.bin", dtype=np.int64)
         if (self.offsets[0] != 0 or self.offsets[-1] != total or (np.diff(self.offsets) < 1).any()

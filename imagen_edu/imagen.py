@@ -44,6 +44,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from . import checkpoints
+from .data.captions import canonical_caption, converse_caption
 from .diffusion import GaussianDiffusion
 from .unet import UNet, UNetConfig
 
@@ -630,11 +631,9 @@ class CanonicalCaptions:
 
     def encode(self, texts):
         """``texts`` (B strings) -> the base encoder's ``(embeddings, mask)`` of their canonical forms."""
-        from .data.captions import canonical_caption
-
         if isinstance(texts, str):
             raise TypeError("encode expects a list of strings, got a single str: wrap it as [text]")
-        return self.base.encode([canonical_caption(t) if isinstance(t, str) else t for t in texts])
+        return self.base.encode([canonical_caption(t) for t in texts])
 
 
 _ENCODERS: dict = {}
@@ -1204,17 +1203,6 @@ def evaluate_cascade(cascade: ImagenCascade, n: int = 200, *, guidance=None, ste
     out["resolution"] = cascade.resolution
     out["threads"] = torch.get_num_threads()
     return out
-
-
-def converse_caption(caption: str) -> str:
-    """``caption`` with its relation replaced by the converse (``left of`` <-> ``right of``,
-    ``above`` <-> ``below``): the caption of the mirrored scene. One-object captions raise ``ValueError``."""
-    from .data.captions import CONVERSE, make_caption, parse_caption
-
-    p = parse_caption(caption)
-    if p.relation is None:
-        raise ValueError(f"converse_caption needs a two-object caption, got {caption!r}")
-    return make_caption(p.objects, CONVERSE[p.relation])
 
 
 @torch.no_grad()

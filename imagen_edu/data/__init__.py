@@ -13,6 +13,7 @@ from .captions import (  # noqa: F401
     ParsedCaption,
     all_captions,
     canonical_caption,
+    converse_caption,
     caption_corpus,
     make_caption,
     parse_caption,

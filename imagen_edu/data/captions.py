@@ -103,6 +103,15 @@ def parse_caption(text: str) -> ParsedCaption:
 CONVERSE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
+def converse_caption(caption: str) -> str:
+    """``caption`` with its relation replaced by the converse (``left of`` <-> ``right of``,
+    ``above`` <-> ``below``): the caption of the mirrored scene. One-object captions raise ``ValueError``."""
+    p = parse_caption(caption)
+    if p.relation is None:
+        raise ValueError(f"converse_caption needs a two-object caption, got {caption!r}")
+    return make_caption(p.objects, CONVERSE[p.relation])
+
+
 def canonical_caption(text: str) -> str:
     """The caption that says the same with the relation ``left of`` or ``above``; other text unchanged.
 
