@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .imagen import ImagenStage, StageConfig, stage_configs
+from .imagen import ImagenStage, StageConfig, _unet, stage_configs
 from .unet import UNetConfig
 
 __all__ = ["NamedConfig", "T5_XXL", "T5_XXL_DIM", "paper_configs", "toy_configs",
@@ -154,9 +154,8 @@ def count_parameters(obj) -> int:
 # The paper's U-Nets (Saharia et al. 2022, Appendix F)
 # ---------------------------------------------------------------------------------------------
 def _paper_unet(resolution, channels, mults, blocks, attn, cross, groups, lowres):
-    return UNetConfig(image_size=resolution, channels=channels, channel_mults=mults, num_res_blocks=blocks,
-                      attention_resolutions=attn, cross_attention_resolutions=cross, num_heads=8, groups=groups,
-                      cond_dim=T5_XXL_DIM, context_dim=T5_XXL_DIM, lowres_channels=3 if lowres else None)
+    """The toy recipes' U-Net builder with the paper's 8 heads and T5-XXL's width."""
+    return _unet(resolution, channels, mults, blocks, attn, cross, T5_XXL_DIM, lowres, heads=8, groups=groups)
 
 
 # the recipe shared by the three models: batch 2048, peak lr 1e-4 after 10k warm-up steps
