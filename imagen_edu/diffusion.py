@@ -65,9 +65,17 @@ VARIANCES = ("fixed_small", "fixed_large")
 # ---------------------------------------------------------------------------------------------
 # Beta schedules
 # ---------------------------------------------------------------------------------------------
-def _cosine_alpha_bar(u: torch.Tensor, s: float = 0.008) -> torch.Tensor:
-    """``f(u) = cos^2(((u + s) / (1 + s)) * pi / 2)`` for ``u = t / T`` (Nichol & Dhariwal, Eq. 17)."""
-    return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+def cosine_alpha_bar(u, s: float = 0.008) -> torch.Tensor:
+    """The cosine schedule's ``abar(u) = f(u) / f(0)``, ``f(u) = cos^2(((u + s) / (1 + s)) pi / 2)``.
+
+    Nichol & Dhariwal 2021, Eq. (17), in continuous time ``u = t / T`` in ``[0, 1]``:
+    ``abar(0) = 1`` (no noise) and ``abar(1) ~ 0``. Derived in chapter 3, Eq. (ch3-eq-cosine);
+    the discrete cosine betas (:func:`beta_schedule`) and chapter 5's noise-conditioning
+    augmentation levels both read it. float64, the shape of ``u``.
+    """
+    u = torch.as_tensor(u, dtype=torch.float64)
+    f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
 
 
 def beta_schedule(name: str, timesteps: int, *, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -92,7 +100,7 @@ def beta_schedule(name: str, timesteps: int, *, s: float = 0.008, max_beta: floa
         scale = 1000.0 / timesteps
         return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64).clamp(max=max_beta)
     u = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
-    f = _cosine_alpha_bar(u, s)
+    f = cosine_alpha_bar(u, s)
     betas = 1.0 - f[1:] / f[:-1]
     return betas.clamp(max=max_beta)
 

@@ -45,7 +45,8 @@ from torch import nn
 
 from . import checkpoints
 from .data.captions import canonical_caption, converse_caption
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, cosine_alpha_bar
+from .thresholding import THRESHOLDS, dynamic_threshold, static_threshold
 from .unet import UNet, UNetConfig
 
 __all__ = [
@@ -83,41 +84,6 @@ STAGES: tuple[str, ...] = ("base", "sr1", "sr2")
 
 
 # ---------------------------------------------------------------------------------------------
-# Thresholding (Section 2.3 of Saharia et al. 2022)
-# ---------------------------------------------------------------------------------------------
-def static_threshold(x0: torch.Tensor) -> torch.Tensor:
-    """Static thresholding: clip the predicted ``x0 (B, ...)`` to ``[-1, 1]`` elementwise.
-
-    Derived in chapter 5, Eq. (ch5-eq-static). Saharia et al. 2022, Section 2.3.
-    """
-    return x0.clamp(-1.0, 1.0)
-
-
-def dynamic_threshold(x0: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
-    """Dynamic thresholding of the predicted ``x0 (B, ...)`` (Saharia et al. 2022, Section 2.3).
-
-    Per sample, ``s`` is the ``percentile`` quantile of ``|x0|``, then ``s = max(s, 1)``;
-    ``x0`` is clipped to ``[-s, s]`` and divided by ``s``. So a sample whose values already lie in
-    ``[-1, 1]`` (``s = 1``) is only clipped (static thresholding), and a saturated one is pushed
-    back inside by rescaling instead of being flattened at +-1.
-
-    Derived in chapter 5, Eq. (ch5-eq-dynamic). Returns a tensor like ``x0`` in ``[-1, 1]``.
-    """
-    if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
-        raise ValueError(f"x0 must be a tensor (B, ...) with a batch dimension, got "
-                         f"{getattr(x0, 'shape', type(x0).__name__)}")
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0.0 < percentile <= 1.0:
-        raise ValueError(f"percentile must be a number in (0, 1], got {percentile!r}")
-    flat = rearrange(x0, "b ... -> b (...)").abs().float()
-    s = torch.quantile(flat, float(percentile), dim=1).clamp(min=1.0).to(x0.dtype)   # (B,)
-    s = s.reshape(-1, *([1] * (x0.dim() - 1)))
-    return torch.maximum(torch.minimum(x0, s), -s) / s
-
-
-THRESHOLDS = ("dynamic", "static", "none")
-
-
-# ---------------------------------------------------------------------------------------------
 # Text conditioning and classifier-free guidance
 # ---------------------------------------------------------------------------------------------
 def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -146,13 +112,10 @@ def guide(cond_out: torch.Tensor, uncond_out: torch.Tensor, w: float) -> torch.T
 def aug_alpha_bar(level: torch.Tensor, s: float = 0.008) -> torch.Tensor:
     """``abar(a)`` of the continuous cosine forward process at augmentation level ``a`` in [0, 1].
 
-    ``abar(a) = f(a) / f(0)`` with ``f(a) = cos^2(((a + s) / (1 + s)) pi / 2)`` (Nichol and
-    Dhariwal, Eq. 17, with continuous time): ``abar(0) = 1`` (no noise), ``abar(1) ~ 0``.
+    :func:`imagen_edu.diffusion.cosine_alpha_bar` (Nichol and Dhariwal, Eq. 17, with continuous
+    time) clamped to ``[0, 1]``: ``abar(0) = 1`` (no noise), ``abar(1) ~ 0``.
     """
-    level = torch.as_tensor(level, dtype=torch.float64)
-    f = torch.cos((level + s) / (1 + s) * math.pi / 2) ** 2
-    f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
-    return (f / f0).clamp(0.0, 1.0)
+    return cosine_alpha_bar(level, s).clamp(0.0, 1.0)
 
 
 def augment_lowres(lowres: torch.Tensor, level, *, noise: torch.Tensor | None = None,
