@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from imagen_edu import checkpoints
-from imagen_edu._ddp_smoke import regression_config, regression_problem
+from support.ddp_smoke import SCRIPT, regression_config, regression_problem
 from imagen_edu.train import CHECKPOINT_NAME, Trainer
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -35,7 +35,7 @@ def torchrun(out, *args, nproc=2):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "imagen_edu._ddp_smoke", "--problem", "regression",
+           "--master_port", str(free_port()), SCRIPT, "--problem", "regression",
            "--out", str(out), "--steps", str(STEPS), "--batch", str(BATCH), *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, so a hang can be cleaned up

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from imagen_edu import checkpoints
-from imagen_edu._ddp_smoke import diffusion_config, diffusion_problem, regression_problem
+from support.ddp_smoke import SCRIPT, diffusion_config, diffusion_problem, regression_problem
 from imagen_edu.train import (CHECKPOINT_NAME, DatasetBatches, TrainConfig, Trainer, ema_decay_at, ema_update, lr_at,
                               resolve_amp, split_batch)
 
@@ -229,7 +229,7 @@ def test_killed_process_resumes_bit_identical(tmp_path, reference_run):
     """A process killed with SIGKILL (no clean-up at all) resumes from its last periodic checkpoint."""
     ref_state, ref_losses = reference_run
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "imagen_edu._ddp_smoke", "--problem", "diffusion", "--out",
+    proc = subprocess.run([sys.executable, SCRIPT, "--problem", "diffusion", "--out",
                            str(tmp_path), "--steps", str(STEPS), "--batch", "4", "--checkpoint-every", "2",
                            "--kill-at", "5"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]

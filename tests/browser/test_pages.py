@@ -16,7 +16,7 @@ a build older than the book's sources, or without Chromium, these tests skip wit
 unless ``IMAGEN_EDU_BROWSER_TESTS=required`` (CI, after the build), where they fail instead.
 Alt text on images is reported (skip with the count) and enforced with ``IMAGEN_EDU_BROWSER_ALT=required``.
 Driver: the Chromium command line (``--headless --dump-dom --screenshot``) plus a probe script
-that the test's own server injects into each page; see ``imagen_edu._browser``.
+that the test's own server injects into each page; see ``tests/support/browser.py``.
 """
 
 import os
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from imagen_edu import _browser
+from support import browser
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = Path(os.environ.get("IMAGEN_EDU_BOOK_HTML", ROOT / "_build" / "html"))
@@ -37,14 +37,14 @@ SOURCES = [*(ROOT / "book").glob("*.md"), *(ROOT / "book").glob("*.ipynb"),
 
 
 def _why_not() -> str | None:
-    reason = _browser.stale_reason(HTML, SOURCES)
-    if reason is None and _browser.find_chromium() is None:
+    reason = browser.stale_reason(HTML, SOURCES)
+    if reason is None and browser.find_chromium() is None:
         reason = "no Chromium found (apt-get install -y chromium, or set $CHROMIUM)"
     return reason
 
 
 REASON = _why_not()
-PAGES = _browser.toc_pages(HTML) if REASON is None else []
+PAGES = browser.toc_pages(HTML) if REASON is None else []
 
 
 def test_book_is_built_and_browser_available():
@@ -57,7 +57,7 @@ def test_book_is_built_and_browser_available():
 
 @pytest.fixture(scope="module")
 def results():
-    return _browser.check_book(HTML, SCREENSHOTS, pages=PAGES,
+    return browser.check_book(HTML, SCREENSHOTS, pages=PAGES,
                                workers=int(os.environ.get("IMAGEN_EDU_BROWSER_WORKERS", "2")))
 
 

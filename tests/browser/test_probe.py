@@ -5,12 +5,14 @@ Needs Chromium (skips without it); does not need the built book. A few seconds.
 """
 
 import io
+import os
 
 import pytest
+from PIL import Image
 
-from imagen_edu import _browser
+from support import browser
 
-pytestmark = pytest.mark.skipif(_browser.find_chromium() is None,
+pytestmark = pytest.mark.skipif(browser.find_chromium() is None,
                                 reason="no Chromium found (apt-get install -y chromium, or set $CHROMIUM)")
 
 PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title} &#8212; Test book</title></head>
@@ -21,8 +23,6 @@ PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title} &#8212
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    from PIL import Image
-
     root = tmp_path_factory.mktemp("site")
     buf = io.BytesIO()
     Image.new("RGB", (8, 4), "red").save(buf, format="PNG")
@@ -42,11 +42,11 @@ def site(tmp_path_factory):
 
 
 def test_toc_pages_reads_the_sidebar(site):
-    assert _browser.toc_pages(site) == ["good.html", "bad.html"]
+    assert browser.toc_pages(site) == ["good.html", "bad.html"]
 
 
 def test_checker_passes_a_good_page_and_catches_a_bad_one(site, tmp_path):
-    results = _browser.check_book(site, tmp_path / "shots", workers=2)
+    results = browser.check_book(site, tmp_path / "shots", workers=2)
     good, bad = results["good.html"], results["bad.html"]
     assert good.problems() == [], good.problems()
     assert good.probe["images"] and all(im["ok"] for im in good.probe["images"])
@@ -61,16 +61,14 @@ def test_checker_passes_a_good_page_and_catches_a_bad_one(site, tmp_path):
 
 
 def test_stale_reason(tmp_path):
-    assert "no built book" in _browser.stale_reason(tmp_path / "html", [])
+    assert "no built book" in browser.stale_reason(tmp_path / "html", [])
     html = tmp_path / "html"
     html.mkdir()
     (html / "index.html").write_text("x")
     (html / ".buildinfo").write_text("x")
     src = tmp_path / "chapter.md"
     src.write_text("# new")
-    import os
-
     os.utime(html / ".buildinfo", (0, 0))
-    assert "older than" in _browser.stale_reason(html, [src])
+    assert "older than" in browser.stale_reason(html, [src])
     os.utime(src, (0, 0))
-    assert _browser.stale_reason(html, [src]) is None
+    assert browser.stale_reason(html, [src]) is None

@@ -10,16 +10,18 @@ work offline.
 
 Usage outside pytest::
 
-    python -m imagen_edu._browser _build/html            # prints one line per page
+    python tests/support/browser.py _build/html          # prints one line per page
 
 Nothing here touches the network.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import html
+import io
 import json
 import os
 import re
@@ -27,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -210,8 +213,6 @@ class _Handler(SimpleHTTPRequestHandler):
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        import io
-
         return io.BytesIO(body)
 
 
@@ -322,9 +323,6 @@ def check_book(html_dir: str | os.PathLike, screenshot_dir: str | os.PathLike | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import time
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("html_dir", nargs="?", default="_build/html")
     ap.add_argument("--screenshots", default=None, help="folder for one PNG per page")

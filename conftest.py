@@ -1,11 +1,14 @@
-"""A pytest plugin for this project's tests (loaded by ``-p imagen_edu.testing`` in pyproject.toml).
-
-It applies to every pytest run in the repository, whichever folder is named on the command line:
+"""The repository's pytest plugin: this conftest.py sits at the root, so it applies to every pytest
+run here, whatever is named on the command line (``tests/``, ``tests/browser`` or a notebook in
+``book/`` collected by nbval):
 
 * the ``ci`` compute profile, set before any notebook kernel starts, so nbval's kernels inherit it;
 * Hugging Face libraries told to stay offline;
 * outgoing connections to anything but this machine fail loudly, so a test that would download
   something fails instead of quietly passing on a connected laptop.
+
+The tests' fixtures live in ``tests/conftest.py``, their helpers (the browser driver, the DDP
+script) in ``tests/support/``; none of it is part of the ``imagen_edu`` package.
 """
 
 import os

@@ -1,8 +1,8 @@
 """Tiny training problems for the tests of :mod:`imagen_edu.train`, and a script that runs one.
 
-Not part of the book's API. ``tests/test_distributed.py`` launches it with
-``python -m torch.distributed.run --nproc_per_node=2 -m imagen_edu._ddp_smoke ...`` (gloo on the
-CPU), and ``tests/test_train.py`` runs it in a subprocess that kills itself mid-run.
+Part of the test suite, not of the package. ``tests/test_distributed.py`` launches it with
+``torchrun --nproc_per_node=2 tests/support/ddp_smoke.py ...`` (gloo on the CPU), and
+``tests/test_train.py`` runs it in a subprocess that kills itself mid-run; :data:`SCRIPT` is its path.
 
 Two problems, each returned as ``(model, loss_fn, batch_fn)``:
 
@@ -26,6 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from imagen_edu.data.shapes import make_batch
+from imagen_edu.diffusion import GaussianDiffusion
+from imagen_edu.train import TrainConfig, Trainer
+from imagen_edu.unet import UNet, UNetConfig
+
+#: this file, for ``python SCRIPT ...`` or ``torchrun ... SCRIPT ...`` in a subprocess
+SCRIPT = os.path.abspath(__file__)
 
 
 def regression_problem(seed: int = 0, batch_size: int = 8, dim: int = 4, hidden: int = 16, dtype=torch.float32):
@@ -53,10 +61,6 @@ def regression_problem(seed: int = 0, batch_size: int = 8, dim: int = 4, hidden:
 
 def diffusion_problem(seed: int = 0, batch_size: int = 4, resolution: int = 8):
     """``(model, loss_fn, batch_fn)``: tiny U-Net, DDPM loss, shapes scenes with random augmentation."""
-    from .data.shapes import make_batch
-    from .diffusion import GaussianDiffusion
-    from .unet import UNet, UNetConfig
-
     torch.manual_seed(seed)
     model = UNet(UNetConfig(image_size=resolution, channels=8, channel_mults=(1, 2),
                             attention_resolutions=(resolution // 2,), num_heads=2, groups=4))
@@ -77,8 +81,6 @@ def diffusion_problem(seed: int = 0, batch_size: int = 4, resolution: int = 8):
 
 
 def main(argv=None) -> None:
-    from .train import Trainer
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--problem", choices=("regression", "diffusion"), default="regression")
     p.add_argument("--out", required=True)
@@ -113,8 +115,6 @@ def main(argv=None) -> None:
 def regression_config(out_dir, steps: int = 6, batch_size: int = 8, lr: float = 1e-2, grad_accum: int = 1,
                       checkpoint_every: int = 0):
     """The TrainConfig of :func:`regression_problem` runs (script and tests)."""
-    from .train import TrainConfig
-
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=2, grad_clip=1.0, ema_decay=0.9,
                        grad_accum=grad_accum, checkpoint_every=checkpoint_every, out_dir=out_dir, seed=0,
                        weight_decay=0.01)
@@ -122,8 +122,6 @@ def regression_config(out_dir, steps: int = 6, batch_size: int = 8, lr: float = 
 
 def diffusion_config(out_dir, steps: int = 8, batch_size: int = 4, checkpoint_every: int = 0):
     """The TrainConfig the tests use with :func:`diffusion_problem`."""
-    from .train import TrainConfig
-
     return TrainConfig(steps=steps, batch_size=batch_size, lr=3e-3, weight_decay=0.01, warmup_steps=3,
                        min_lr_ratio=0.1, grad_clip=0.5, ema_decay=0.9, checkpoint_every=checkpoint_every,
                        out_dir=out_dir, seed=3, log_every=2)
