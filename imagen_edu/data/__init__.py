@@ -4,6 +4,8 @@ The caption grammar is pure Python and imported eagerly; the torch-based parts a
 first use (``from imagen_edu.data import ShapesDataset`` works and loads ``shapes``).
 """
 
+import importlib
+
 from .captions import (  # noqa: F401
     COLOURS,
     CONVERSE,
@@ -27,8 +29,6 @@ _LAZY = {
 
 
 def __getattr__(name):
-    import importlib
-
     for module, names in _LAZY.items():
         if name in names:
             return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -38,7 +38,10 @@ Run ``python -m imagen_edu.data.shapes bench`` for the render speed (JSON).
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -48,6 +51,13 @@ from einops import rearrange
 
 from .captions import COLOURS, GRAMMAR, HELDOUT_PAIRS, RELATIONS, SHAPES, ParsedCaption, all_captions, parse_caption
 from ..profiles import torch_threads
+
+__all__ = [
+    "GRAMMAR", "HELDOUT_PAIRS", "RELATIONS", "RGB", "SPLITS", "RELATION_MARGIN", "Scene", "SceneObject",
+    "ShapesDataset", "benchmark", "single_thread", "check_resolution", "coverage", "half_widths", "make_batch", "place_objects",
+    "relation_gap", "render", "render_batch", "render_captions", "sample_scene", "scene_at", "scene_for_caption",
+    "split_captions",
+]
 
 SPLITS: tuple[str, ...] = ("train", "test", "heldout")
 _SPLIT_CODE = {"train": 0, "test": 1, "heldout": 2}
@@ -445,8 +455,6 @@ def benchmark(sizes=(32, 64), batch_size: int = 256, n_batches: int = 4, threads
     ``threads`` sets ``torch.set_num_threads`` for the measurement (restored afterwards); rendering
     itself always runs on one thread (:func:`single_thread`), so this mostly shows it has no effect.
     """
-    import time
-
     with torch_threads(threads or None):
         out = {"batch_size": batch_size, "threads": torch.get_num_threads(), "images_per_s": {}}
         runs = [(str(r), r) for r in sizes] + [("16+32+64", (16, 32, 64))]
@@ -460,9 +468,6 @@ def benchmark(sizes=(32, 64), batch_size: int = 256, n_batches: int = 4, threads
 
 
 def _main(argv=None) -> None:
-    import argparse
-    import json
-
     ap = argparse.ArgumentParser(prog="python -m imagen_edu.data.shapes",
                                  description="Shapes benchmark tools. 'bench' prints render speed as JSON.")
     ap.add_argument("command", choices=["bench"])
@@ -475,10 +480,3 @@ def _main(argv=None) -> None:
 
 if __name__ == "__main__":
     _main()
-
-__all__ = [
-    "GRAMMAR", "HELDOUT_PAIRS", "RELATIONS", "RGB", "SPLITS", "RELATION_MARGIN", "Scene", "SceneObject",
-    "ShapesDataset", "benchmark", "single_thread", "check_resolution", "coverage", "half_widths", "make_batch", "place_objects",
-    "relation_gap", "render", "render_batch", "render_captions", "sample_scene", "scene_at", "scene_for_caption",
-    "split_captions",
-]

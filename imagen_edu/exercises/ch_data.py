@@ -14,6 +14,7 @@ import random
 
 import torch
 
+from .. import evaluate
 from ..data import shapes
 from . import Result, run_check
 
@@ -48,8 +49,6 @@ def check_shape_features(fn, *, verbose: bool = True) -> Result:
     """``fn(mask)`` for a bool mask (H, W) of one object -> ``(fill, mass_y)`` as the judge defines them."""
 
     def body():
-        from .. import evaluate
-
         for i, name in enumerate(("circle", "square", "triangle")):
             scene = shapes.Scene((shapes.SceneObject("red", name, (0.45 + 0.03 * i, 0.5), 0.5),))
             img = shapes.render(scene, 64)[0]
@@ -69,8 +68,6 @@ def check_relation(fn, *, verbose: bool = True) -> Result:
     """``fn(box_a, box_b, relation)`` -> whether ``a RELATION b`` holds (boxes ``(x0, y0, x1, y1)``, y down)."""
 
     def body():
-        from ..evaluate import DetectedObject, relation_holds
-
         rng = random.Random(0)
         for _ in range(400):
             boxes = []
@@ -79,8 +76,8 @@ def check_relation(fn, *, verbose: bool = True) -> Result:
                 s = rng.uniform(0.1, 0.3)
                 boxes.append((x0, y0, x0 + s, y0 + s))
             rel = rng.choice(shapes.RELATIONS)
-            a, b = (DetectedObject("red", "circle", (0, 0), 0, box=bx) for bx in boxes)
-            want = relation_holds(a, b, rel)
+            a, b = (evaluate.DetectedObject("red", "circle", (0, 0), 0, box=bx) for bx in boxes)
+            want = evaluate.relation_holds(a, b, rel)
             got = fn(boxes[0], boxes[1], rel)
             assert bool(got) == want, f"{rel} with boxes {boxes}: got {bool(got)}, expected {want}"
 
