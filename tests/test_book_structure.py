@@ -4,12 +4,15 @@ Every chapter notebook listed in ``_toc.yml`` starts with "What you will build" 
 need from earlier chapters", ends with "Summary" and "Where this is in Imagen" (before or after
 its "Time" note), and has an "Exercises" section whose solution cells are hidden
 (``hide-input``) and run their check. The system figure on the intro page links every chapter
-of the table of contents, so adding a chapter without a box in the figure fails here.
+of the table of contents, so adding a chapter without a box in the figure fails here. Every
+``python -m imagen_edu...`` command and every ``tests/``/``imagen_edu/`` file a page or the README
+names exists, so moving a module (or a test helper) without updating the book fails here.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 import types
@@ -245,3 +248,53 @@ def test_solutions_appendix_lists_every_exercise_module():
         assert f"{name}.solution_" in text or f'\\"{name}\\"' in text, \
             f"the solutions appendix does not show {name}'s solutions"
     assert "book/appendix_solutions" in toc_files()
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands and files the pages give a reader
+# ---------------------------------------------------------------------------------------------
+PAGES_AND_README = [*sorted(BOOK.glob("*.ipynb")), *sorted(BOOK.glob("*.md")), ROOT / "README.md"]
+MODULE_FLAG = re.compile(r"-m\s+(imagen_edu(?:\.\w+)*)")
+CODE_PATH = re.compile(r"\b(?:tests|imagen_edu)/[\w/.-]*\w\.py\b")
+
+
+def page_text(path: Path) -> str:
+    """The text a reader sees: every cell's source of a notebook, or the markdown file."""
+    if path.suffix == ".ipynb":
+        return "\n".join(c["text"] for c in cells(path))
+    return path.read_text()
+
+
+def named_modules_and_files(text: str) -> tuple[list[str], list[str]]:
+    """``(modules run with python -m / torchrun -m, tests/ and imagen_edu/ .py paths)`` in ``text``."""
+    return MODULE_FLAG.findall(text), CODE_PATH.findall(text)
+
+
+def module_exists(name: str) -> bool:
+    """Whether ``python -m name`` finds a module (its parent packages are imported, the module is not)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def test_named_modules_and_files_are_found():
+    """The patterns below find what they must (else the check would pass vacuously)."""
+    text = ("torchrun --nproc_per_node=2 -m imagen_edu._old --out x\npython -m imagen_edu eval; "
+            "python tests/support/ddp_smoke.py; see `imagen_edu/data/shapes.py`; python -m venv .venv")
+    assert named_modules_and_files(text) == (["imagen_edu._old", "imagen_edu"],
+                                             ["tests/support/ddp_smoke.py", "imagen_edu/data/shapes.py"])
+    assert module_exists("imagen_edu.data.shapes")
+    assert not module_exists("imagen_edu._ddp_smoke") and not module_exists("imagen_edu.nothing.here")
+
+
+@pytest.mark.parametrize("path", PAGES_AND_README, ids=lambda p: str(p.relative_to(ROOT)))
+def test_commands_name_modules_and_files_that_exist(path):
+    """Every ``python -m imagen_edu...`` (or ``torchrun -m``) a reader is told to run names a module
+    of the package, and every ``tests/...py`` or ``imagen_edu/...py`` file named is in the repository
+    (the test harness moved out of the package: a command must follow it)."""
+    modules, files = named_modules_and_files(page_text(path))
+    missing = sorted({m for m in modules if not module_exists(m)})
+    assert not missing, f"{path.name} runs modules that do not exist: {missing}"
+    missing = sorted({f for f in files if not (ROOT / f).is_file()})
+    assert not missing, f"{path.name} names files that are not in the repository: {missing}"
