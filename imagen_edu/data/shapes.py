@@ -1,6 +1,6 @@
 """The shapes benchmark: procedural scenes with exact captions, rendered at any resolution.
 
-DESIGN.md, "The shapes benchmark". A *scene* is one or two filled, fully saturated objects on a
+Derived on the book page "The shapes benchmark" (``book/shapes_benchmark.ipynb``). A *scene* is one or two filled, fully saturated objects on a
 black square canvas, described in the caption grammar of :mod:`imagen_edu.data.captions`
 (``a red circle`` or ``a red circle left of a blue square``). The pipeline is
 
