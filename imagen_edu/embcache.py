@@ -1,4 +1,15 @@
-"""A cache of precomputed text embeddings on disk, read through memory maps (chapter 6).
+"""Caches of a frozen text encoder's outputs keyed by caption: in memory, or on disk through memory maps (chapter 6).
+
+Both caches share one interface, :class:`CaptionCache`: ``lookup(captions) -> (emb (B, T, D),
+mask (B, T))`` exactly as the encoder would return it (zeros on padding), ``rows(captions)`` /
+``ids(captions)`` (each caption's row), ``dim``, ``encoder_name`` and ``as_encoder()`` (a
+:class:`~imagen_edu.text_encoders.CachedTextEncoder`):
+
+* :class:`TextCache`: in memory; a caption is encoded the first time it is asked for. A stage's
+  training encodes its few distinct captions once this way (the benchmark has 1098) and indexes
+  the whole ``(N, T, D)`` table by row on the device.
+* :class:`EmbeddingCache`: a folder written once by :func:`build_cache`, memory-mapped; for
+  corpora too big to encode at every run.
 
 Why: Imagen's text encoder, T5-XXL, has 4.6B parameters, more than the 2B base U-Net it
 conditions. Encoding every caption of every batch on the fly would spend most of a large run's
@@ -19,10 +30,10 @@ that looks complete):
   caption ``T`` and the byte size and SHA-256 of both files.
 
 Storing tokens without padding keeps the file as small as the text; a lookup pads to ``T``
-with zeros and returns the mask, exactly like the encoder: ``lookup(captions) -> (emb (B, T, D),
-mask (B, T))``.
+with zeros and returns the mask, exactly like the encoder.
 
-Command line: ``python -m imagen_edu embed --encoder NAME --captions FILE --out DIR``.
+Command line: ``python -m imagen_edu embed --encoder NAME --captions FILE --out DIR`` (the
+captions file is read by :func:`imagen_edu.data.captions.read_captions`).
 
 Derived in chapter 6 (Section "Precomputed text embeddings").
 """
@@ -36,40 +47,142 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import checkpoints
+from .data.captions import read_captions
+from .text_encoders import CachedTextEncoder
 
-__all__ = ["build_cache", "EmbeddingCache", "CachedTextEncoder", "read_captions", "FORMAT"]
+__all__ = ["CaptionCache", "TextCache", "EmbeddingCache", "build_cache", "encode_batches", "CachedTextEncoder",
+           "read_captions", "FORMAT"]
 
 FORMAT = "imagen_edu.embcache/1"
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-def read_captions(path) -> list[str]:
-    """Captions from a file: a ``.jsonl`` file (the ``caption`` field of every line, as in a
-    :class:`~imagen_edu.data.real.CaptionedImageFolder`'s ``captions.jsonl``) or a text file with one
-    caption per line. Blank lines are skipped; a malformed JSON line raises ``ValueError`` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"captions file {path} does not exist")
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path} line {n}: not valid JSON ({err.msg})") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("caption"), str):
-                    raise ValueError(f"{path} line {n}: expected an object with a string field 'caption'")
-                out.append(rec["caption"])
-            else:
-                out.append(line.rstrip("\n"))
-    if not out:
-        raise ValueError(f"{path} holds no caption")
-    return out
+def encode_batches(encoder, captions: Sequence[str], batch_size: int, progress: bool = False):
+    """Run ``encoder`` over ``captions`` in order, ``batch_size`` at a time.
+
+    Yields ``(batch (list of b str), emb (b, T_batch, D) float32 cpu, mask (b, T_batch) bool cpu)``
+    per batch; an encoder whose output does not have the shapes of the interface raises
+    ``ValueError``. Both caches encode through it.
+    """
+    D = int(encoder.dim)
+    it = range(0, len(captions), batch_size)
+    if progress:
+        it = tqdm(it, desc=f"encoding {len(captions)} captions", leave=False)
+    for s in it:
+        batch = list(captions[s:s + batch_size])
+        emb, mask = encoder.encode(batch)
+        if emb.dim() != 3 or emb.shape[-1] != D or mask.shape != emb.shape[:2] or len(emb) != len(batch):
+            raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} returned emb {tuple(emb.shape)} and "
+                             f"mask {tuple(mask.shape)} for {len(batch)} captions; expected (B, T, {D}) and (B, T)")
+        yield batch, emb.detach().float().cpu(), mask.detach().bool().cpu()
+
+
+def _caption_list(captions) -> list[str]:
+    if isinstance(captions, str):
+        raise TypeError("lookup expects a list of str, got a single str: wrap it as [caption]")
+    return list(captions)
+
+
+class CaptionCache:
+    """The interface of a cache of a frozen text encoder's outputs, keyed by caption.
+
+    ``lookup(captions) -> (emb (B, T, D) float32, mask (B, T) bool)`` gives what the encoder gives
+    (zeros on padding; ``T`` is the cache's own, the longest caption it holds), ``rows`` /
+    ``ids`` each caption's row in the cache, ``dim`` is D, ``encoder_name`` the encoder's
+    :func:`~imagen_edu.text_encoders.get` name, ``index`` maps caption -> row.
+    """
+
+    dim: int
+    encoder_name: str
+    index: dict[str, int]
+
+    def rows(self, captions: Sequence[str]) -> list[int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def lookup(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def ids(self, captions: Sequence[str]) -> torch.Tensor:
+        """The rows of ``captions`` as a ``(B,)`` long tensor (for indexing a whole table on the device)."""
+        return torch.tensor(self.rows(captions), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, caption) -> bool:
+        return caption in self.index
+
+    def as_encoder(self) -> CachedTextEncoder:
+        """A text encoder (``dim``, ``name``, ``encode``) that reads this cache instead of running a model."""
+        return CachedTextEncoder(self)
+
+
+class TextCache(CaptionCache):
+    """An in-memory cache: each distinct caption is encoded once, the first time it is asked for.
+
+    ``emb (N, T, D)`` and ``mask (N, T)`` hold every caption seen so far (row ``index[c]``),
+    padded with zeros to the longest (``T`` grows when a longer caption arrives). New captions
+    are encoded in sorted order, ``chunk`` at a time, so the table depends only on the set of
+    captions asked for in each call, not on their order or repeats.
+
+    Args:
+        encoder: a text encoder (:class:`~imagen_edu.text_encoders.TextEncoder`).
+        captions: captions to encode now.
+        chunk: captions per ``encoder.encode`` call.
+
+    Training reads it as: ``cache = TextCache(encoder, captions); rows = cache.ids(captions)``,
+    then ``cache.emb[rows]``, ``cache.mask[rows]`` (what :meth:`lookup` returns).
+    """
+
+    def __init__(self, encoder, captions: Sequence[str] = (), chunk: int = 256):
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+        self.encoder, self.chunk = encoder, chunk
+        self.encoder_name = getattr(encoder, "name", type(encoder).__name__)
+        self.index: dict[str, int] = {}
+        self.emb: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.add(captions)
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.dim)
+
+    def __repr__(self) -> str:
+        return f"TextCache({len(self)} captions, dim={self.dim}, encoder={self.encoder_name!r})"
+
+    def add(self, captions: Sequence[str]) -> None:
+        """Encode the captions not yet in the cache (sorted, ``chunk`` at a time) and append their rows."""
+        new = sorted({c for c in _caption_list(captions) if c not in self.index})
+        if not new:
+            return
+        embs, masks = [], []
+        for _, e, m in encode_batches(self.encoder, new, self.chunk):
+            embs.append(e)
+            masks.append(m)
+        T = max([e.shape[1] for e in embs] + ([self.emb.shape[1]] if self.emb is not None else []))
+        if self.emb is not None:
+            embs.insert(0, self.emb)
+            masks.insert(0, self.mask)
+        self.emb = torch.cat([F.pad(e, (0, 0, 0, T - e.shape[1])) for e in embs])
+        self.mask = torch.cat([F.pad(m, (0, T - m.shape[1])) for m in masks])
+        for c in new:
+            self.index[c] = len(self.index)
+
+    def rows(self, captions: Sequence[str]) -> list[int]:
+        """The row of each caption, encoding the new ones first."""
+        captions = _caption_list(captions)
+        self.add(captions)
+        return [self.index[c] for c in captions]
+
+    def lookup(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``captions`` (B str) -> ``(emb (B, T, D) float32, mask (B, T) bool)``, ``T`` the longest caption held."""
+        i = self.ids(captions)
+        return self.emb[i], self.mask[i]
 
 
 def build_cache(encoder, captions: Sequence[str], path, batch_size: int = 64, *, dtype: str = "float16",
@@ -109,19 +222,8 @@ def build_cache(encoder, captions: Sequence[str], path, batch_size: int = 64, *,
     tmp_tokens, tmp_offsets = path / "tokens.bin.tmp", path / "offsets.bin.tmp"
     offsets = [0]
     max_len = 0
-    it = range(0, len(unique), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=f"encoding {len(unique)} captions", leave=False)
     with open(tmp_tokens, "wb") as fh:
-        for s in it:
-            batch = unique[s:s + batch_size]
-            emb, mask = encoder.encode(batch)
-            if emb.dim() != 3 or emb.shape[-1] != D or mask.shape != emb.shape[:2]:
-                raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} returned emb {tuple(emb.shape)} and "
-                                 f"mask {tuple(mask.shape)}; expected (B, T, {D}) and (B, T)")
-            emb, mask = emb.detach().float().cpu(), mask.detach().bool().cpu()
+        for batch, emb, mask in encode_batches(encoder, unique, batch_size, progress):
             for i in range(len(batch)):
                 rows = emb[i][mask[i]].numpy()              # (n_i, D): the real tokens only
                 if len(rows) == 0:
@@ -149,7 +251,7 @@ def build_cache(encoder, captions: Sequence[str], path, batch_size: int = 64, *,
     return EmbeddingCache(path)
 
 
-class EmbeddingCache:
+class EmbeddingCache(CaptionCache):
     """A cache folder written by :func:`build_cache`, memory-mapped.
 
     ``lookup(captions) -> (emb (B, T, D) float32, mask (B, T) bool)`` reads only those captions'
@@ -209,20 +311,13 @@ class EmbeddingCache:
         self.tokens = np.memmap(path / "tokens.bin", dtype=_DTYPES[self.dtype], mode="r", shape=(total, self.dim))
         self.index = {c: i for i, c in enumerate(self.captions)}
 
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def __contains__(self, caption) -> bool:
-        return caption in self.index
-
     def __repr__(self) -> str:
         return (f"EmbeddingCache({str(self.path)!r}, {len(self)} captions, dim={self.dim}, "
                 f"dtype={self.dtype}, encoder={self.encoder_name!r})")
 
     def rows(self, captions: Sequence[str]) -> list[int]:
         """The row of each caption; ``KeyError`` naming the first unknown ones."""
-        if isinstance(captions, str):
-            raise TypeError("lookup expects a list of str, got a single str: wrap it as [caption]")
+        captions = _caption_list(captions)
         missing = [c for c in captions if c not in self.index]
         if missing:
             raise KeyError(f"{len(missing)} caption(s) not in the embedding cache {self.path}, e.g. {missing[0]!r}: "
@@ -240,31 +335,3 @@ class EmbeddingCache:
             emb[i, :e - s] = self.tokens[s:e]
             mask[i, :e - s] = True
         return torch.from_numpy(emb), torch.from_numpy(mask)
-
-    def as_encoder(self) -> "CachedTextEncoder":
-        """A text encoder (``dim``, ``name``, ``encode``) that reads this cache instead of running a model."""
-        return CachedTextEncoder(self)
-
-
-class CachedTextEncoder:
-    """The text-encoder interface on top of an :class:`EmbeddingCache`: ``encode(texts)`` is a lookup.
-
-    Pass it wherever an encoder is expected (e.g. :func:`imagen_edu.imagen.train_stage`'s ``encoder``):
-    training then never loads the real encoder. A caption missing from the cache raises ``KeyError``.
-    """
-
-    def __init__(self, cache: EmbeddingCache):
-        self.cache = cache
-        self.name = cache.encoder_name
-
-    @property
-    def dim(self) -> int:
-        return self.cache.dim
-
-    def encode(self, texts):
-        return self.cache.lookup(list(texts) if not isinstance(texts, str) else texts)
-
-    __call__ = encode
-
-    def __repr__(self) -> str:
-        return f"CachedTextEncoder({self.cache!r})"

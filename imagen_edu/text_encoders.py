@@ -1,21 +1,29 @@
-"""Frozen text encoders: what Imagen's diffusion models read (chapter 2, used in chapter 5).
+"""Frozen text encoders: what Imagen's diffusion models read (chapter 2, used in chapters 5 and 6).
 
-Every encoder has one interface::
+Every encoder has one interface, :class:`TextEncoder`::
 
     embeddings, mask = encoder.encode(["a red circle", "a blue square left of a green circle"])
     # embeddings (B, T, D) float, mask (B, T) bool (True on real tokens), D == encoder.dim
 
 Imagen conditions its U-Nets on the output sequence of a *frozen* text-only encoder, T5-XXL
 (Saharia et al. 2022, Section 2.1): the encoder is never trained or fine-tuned with the images.
-Two implementations:
+The encoders here:
 
 * :class:`LMTextEncoder`: the final hidden states of chapter 2's caption language model;
+* :class:`LMWordsAndStates`: that model read at its input layer *and* its final states,
+  concatenated per token (chapter 5, "Which text features?");
+* :class:`CanonicalCaptions`: any encoder reading captions rewritten to ``left of`` / ``above``
+  (chapter 5, "Left of, right of");
 * :class:`T5TextEncoder`: a Hugging Face ``T5EncoderModel`` (``t5-small`` ... ``google/t5-v1_1-xxl``,
-  or any local folder), loaded lazily on first use.
+  or any local folder), loaded lazily on first use;
+* :class:`CachedTextEncoder`: the same interface over a cache of an encoder's outputs
+  (:mod:`imagen_edu.embcache`, chapter 6), so training never runs the encoder.
 
-:func:`get` picks one by name: ``get("lm")`` or ``get("t5:NAME_OR_PATH")``.
+:func:`get` picks one by name (``get("lm")``, ``get("lm+words")``, ``get("canonical:lm+words")``,
+``get("t5:NAME_OR_PATH")``; :func:`names` lists the forms) and keeps one instance per name and
+device. :func:`register` adds a name.
 
-Both return zeros at padding positions, and the embeddings of real tokens do not depend on how
+All return zeros at padding positions, and the embeddings of real tokens do not depend on how
 much padding a batch has: a U-Net's cross-attention must give the same image for the same
 prompt whatever else is in the batch.
 """
@@ -23,15 +31,29 @@ prompt whatever else is in the batch.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TextEncoder", "LMTextEncoder", "T5TextEncoder", "get", "build_tiny_t5"]
+from . import lm
+from .data.captions import canonical_caption
+from .tokenizer import default_tokenizer
+
+__all__ = ["TextEncoder", "LMTextEncoder", "LMWordsAndStates", "CanonicalCaptions", "T5TextEncoder",
+           "CachedTextEncoder", "get", "get_text_encoder", "names", "register", "build_tiny_t5"]
 
 
 class TextEncoder:
-    """The interface: ``name``, ``dim`` and ``encode(texts) -> (embeddings (B, T, dim), mask (B, T))``."""
+    """The interface: ``name``, ``dim`` and ``encode(texts) -> (embeddings (B, T, dim), mask (B, T))``.
+
+    ``texts`` is a non-empty list of B strings; ``embeddings`` is float, zero where ``mask`` (bool,
+    True on real tokens) is False; a real token's embedding does not depend on the batch's
+    padding. The network behind it is frozen (eval mode, no gradients): Imagen never trains its
+    text encoder with the images (Section 2.1). ``name`` is what :func:`get` resolves back to
+    this encoder and what a stage config's ``text_encoder`` stores.
+    """
 
     name: str = "text-encoder"
 
@@ -92,6 +114,9 @@ class LMTextEncoder(TextEncoder):
     LayerNorm): the vector the LM uses to predict token t+1, so it summarises ``x_<=t``. The
     sequence includes ``<bos>`` and ``<eos>``; the ``<eos>`` state has read the whole caption.
 
+    Any model with ``hidden(ids (B, T), mask (B, T)) -> (B, T, D)`` and ``config.d_model`` plugs
+    in the same way (a causal LM or a bidirectional encoder).
+
     Args:
         model: a :class:`~imagen_edu.lm.GPTLM` (frozen here: eval mode, no gradients).
         tokenizer: its :class:`~imagen_edu.tokenizer.WordTokenizer`.
@@ -106,9 +131,7 @@ class LMTextEncoder(TextEncoder):
     @classmethod
     def from_shipped(cls, name: str = "lm", device: str = "cpu") -> "LMTextEncoder":
         """The shipped chapter-2 model (hash-checked by :func:`imagen_edu.checkpoints.load_shipped`)."""
-        from .lm import load_shipped
-
-        model, tok = load_shipped(name, device=device)
+        model, tok = lm.load_shipped(name, device=device)
         return cls(model, tok, name=name)
 
     @property
@@ -127,6 +150,82 @@ class LMTextEncoder(TextEncoder):
         ids, mask = ids.to(self.device), mask.to(self.device)
         h = self.model.hidden(ids, mask)                       # (B, T, D)
         return h * mask[..., None], mask
+
+
+class LMWordsAndStates(TextEncoder):
+    """Chapter 2's frozen language model read at its input *and* its output: ``(B, T, 2 D)``.
+
+    A causal LM's final state at token t is built to predict token t+1. In the caption grammar
+    nothing after a shape word depends on which shape it was, so the final states of
+    ``a red circle`` and ``a red square`` are nearly equal (cosine similarity 0.9995 for the
+    shipped model): a U-Net conditioned on them alone cannot learn shapes. This encoder
+    concatenates, per token, the LM's own (frozen) input layer ``pos(tok_emb(ids))`` (which word,
+    where) with its final hidden states (the context), each layer-normalised (no learned scale):
+    ``[LN(words_t), LN(h_t)]``, words first. Still a frozen text encoder, as in Imagen: nothing
+    here is trained with the images.
+
+    Args:
+        lm_encoder: an :class:`LMTextEncoder` (its model and tokenizer are read, not copied).
+
+    Derived in chapter 5 (Section "Which text features?").
+    """
+
+    def __init__(self, lm_encoder: LMTextEncoder):
+        self.base = lm_encoder
+        self.model, self.tokenizer = lm_encoder.model, lm_encoder.tokenizer
+        self.name = "lm+words"
+
+    @property
+    def dim(self) -> int:
+        return 2 * self.base.dim
+
+    def __repr__(self) -> str:
+        return f"LMWordsAndStates(base={self.base!r})"
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``texts`` (B strings) -> ``(embeddings (B, T, 2 D), mask (B, T) bool)``; zeros on padding."""
+        texts = self._check_texts(texts)
+        ids, mask = self.tokenizer.batch_encode(texts)
+        ids, mask = ids.to(self.base.device), mask.to(self.base.device)
+        words = self.model.pos(self.model.tok_emb(ids))          # (B, T, D): the LM's input layer
+        states = self.model.hidden(ids, mask)                    # (B, T, D): its final states
+        D = words.shape[-1]
+        out = torch.cat([F.layer_norm(words, (D,)), F.layer_norm(states, (D,))], dim=-1)
+        return out * mask[..., None], mask
+
+
+class CanonicalCaptions(TextEncoder):
+    """A frozen text encoder that reads every caption in its canonical form (``canonical:NAME``).
+
+    ``A right of B`` and ``B left of A`` mean the same scene; which object goes left depends on
+    the relation word *and* the word order together, an interaction that a small U-Net trained
+    for minutes does not find (chapter 5, "Left of, right of": the loss with the relation flipped
+    equals the loss with the true caption). Rewriting each caption with
+    :func:`imagen_edu.data.captions.canonical_caption` (relations ``left of`` / ``above`` only)
+    makes word order alone say where each object goes. A large pretrained encoder such as T5
+    has learned such equivalences from text; ours is handed this one. Text outside the caption
+    grammar passes through unchanged, so any encoder can be wrapped.
+
+    Args:
+        encoder: the encoder that reads the rewritten captions (its ``dim`` and ``tokenizer`` are this one's).
+    """
+
+    def __init__(self, encoder: TextEncoder):
+        self.base = encoder
+        self.tokenizer = getattr(encoder, "tokenizer", None)
+        self.name = f"canonical:{encoder.name}"
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def __repr__(self) -> str:
+        return f"CanonicalCaptions(base={self.base!r})"
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``texts`` (B strings) -> the base encoder's ``(embeddings, mask)`` of their canonical forms."""
+        return self.base.encode([canonical_caption(t) for t in self._check_texts(texts)])
 
 
 class T5TextEncoder(TextEncoder):
@@ -202,21 +301,98 @@ class T5TextEncoder(TextEncoder):
         return h.float() * mask[..., None], mask
 
 
-def get(name: str, device: str = "cpu") -> TextEncoder:
-    """A text encoder by name: ``"lm"`` (the shipped chapter-2 model) or ``"t5:NAME_OR_PATH"``.
+class CachedTextEncoder(TextEncoder):
+    """The text-encoder interface on top of a cache of an encoder's outputs: ``encode(texts)`` is a lookup.
 
-    Examples: ``get("lm")``, ``get("t5:t5-small")``, ``get("t5:google/t5-v1_1-xxl")``,
-    ``get("t5:/path/to/saved/t5")``.
+    ``cache`` is any cache of :mod:`imagen_edu.embcache` (``lookup(captions) -> (emb, mask)``,
+    ``dim``, ``encoder_name``): the memory-mapped :class:`~imagen_edu.embcache.EmbeddingCache` or
+    the in-memory :class:`~imagen_edu.embcache.TextCache`. Its ``name`` is the cached encoder's,
+    so a stage trained through it records the encoder it was really conditioned on. Pass it
+    wherever an encoder is expected (e.g. a stage's training): training then never loads the
+    real encoder. A caption missing from an on-disk cache raises ``KeyError``.
     """
-    valid = "'lm' (the chapter-2 language model) or 't5:NAME_OR_PATH' (e.g. 't5:t5-small', 't5:google/t5-v1_1-xxl', 't5:/a/local/folder')"
-    if not isinstance(name, str):
-        raise TypeError(f"encoder name must be a str: {valid}")
-    if name == "lm":
-        return LMTextEncoder.from_shipped("lm", device=device)
-    if name.startswith("t5:") and len(name) > 3:
-        return T5TextEncoder(name[3:], device=device)
-    raise ValueError(f"unknown text encoder {name!r}: expected {valid}")
 
+    def __init__(self, cache):
+        self.cache = cache
+        self.name = cache.encoder_name
+
+    @property
+    def dim(self) -> int:
+        return self.cache.dim
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``texts`` (B strings) -> the cache's ``(embeddings (B, T, dim), mask (B, T))`` for them."""
+        return self.cache.lookup(self._check_texts(texts))
+
+    def __repr__(self) -> str:
+        return f"CachedTextEncoder({self.cache!r})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: one name per encoder, as a stage config's ``text_encoder`` field stores it
+# ---------------------------------------------------------------------------------------------
+#: name form -> (factory, description). A form without ":" is a whole name (``factory(device)``);
+#: ``"PREFIX:WHAT"`` matches every name starting ``PREFIX:`` (``factory(rest, device)``).
+_FORMS: dict[str, tuple[Callable[..., TextEncoder], str]] = {}
+_INSTANCES: dict[tuple[str, str], TextEncoder] = {}
+
+
+def register(form: str, factory: Callable[..., TextEncoder], description: str) -> None:
+    """Add an encoder name to :func:`get`.
+
+    ``form`` is either a whole name (``"lm"``: ``factory(device)`` builds the encoder) or
+    ``"PREFIX:WHAT"`` (``"t5:NAME_OR_PATH"``: every name ``PREFIX:rest`` with a non-empty
+    ``rest`` is built by ``factory(rest, device)``). ``description`` is what :func:`names` and
+    the unknown-name error say about it.
+    """
+    if not isinstance(form, str) or not form or form.startswith(":") or form.endswith(":"):
+        raise ValueError(f"an encoder name form is 'NAME' or 'PREFIX:WHAT', got {form!r}")
+    _FORMS[form] = (factory, description)
+
+
+def names() -> list[str]:
+    """Every name form :func:`get` resolves, with what it is, e.g. ``"'lm' (chapter 2's language model ...)"``."""
+    return [f"{form!r} ({description})" for form, (_, description) in _FORMS.items()]
+
+
+def _build(name: str, device: str) -> TextEncoder:
+    if ":" not in name and name in _FORMS:
+        return _FORMS[name][0](device)
+    prefix, _, rest = name.partition(":")
+    for form, (factory, _) in _FORMS.items():
+        if rest and ":" in form and form.partition(":")[0] == prefix:
+            return factory(rest, device)
+    raise ValueError(f"unknown text encoder {name!r}: expected one of {', '.join(names())}")
+
+
+def get(name: str, device: str = "cpu") -> TextEncoder:
+    """A frozen text encoder by name; one instance per ``(name, device)`` (later calls return it).
+
+    Names: ``"lm"`` (:class:`LMTextEncoder` on the shipped chapter-2 model), ``"lm+words"``
+    (:class:`LMWordsAndStates`), ``"canonical:NAME"`` (the encoder ``NAME`` reading canonical
+    captions, :class:`CanonicalCaptions`), ``"t5:NAME_OR_PATH"`` (:class:`T5TextEncoder`, e.g.
+    ``"t5:t5-small"``, ``"t5:google/t5-v1_1-xxl"``, ``"t5:/path/to/saved/t5"``). An unknown name
+    raises ``ValueError`` listing the valid ones (:func:`names`).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"encoder name must be a str, got {type(name).__name__}: expected one of {', '.join(names())}")
+    key = (name, str(device))
+    if key not in _INSTANCES:
+        _INSTANCES[key] = _build(name, device)
+    return _INSTANCES[key]
+
+
+#: the name chapter 5's cascade code has always used for :func:`get`
+get_text_encoder = get
+
+register("lm", lambda device: LMTextEncoder.from_shipped("lm", device=device),
+         "the chapter-2 language model's final states")
+register("lm+words", lambda device: LMWordsAndStates(get("lm", device)),
+         "the chapter-2 language model's input layer and final states, concatenated")
+register("canonical:NAME", lambda rest, device: CanonicalCaptions(get(rest, device)),
+         "the encoder NAME reading canonical captions, e.g. 'canonical:lm+words'")
+register("t5:NAME_OR_PATH", lambda rest, device: T5TextEncoder(rest, device=device),
+         "a Hugging Face T5 encoder, e.g. 't5:t5-small', 't5:google/t5-v1_1-xxl', 't5:/a/local/folder'")
 
 def build_tiny_t5(folder, words=None, d_model: int = 32, num_layers: int = 2, num_heads: int = 2,
                   seed: int = 0) -> Path:
@@ -231,8 +407,6 @@ def build_tiny_t5(folder, words=None, d_model: int = 32, num_layers: int = 2, nu
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
     if words is None:
-        from .tokenizer import default_tokenizer
-
         words = default_tokenizer().vocab[4:]
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
     for w in words:

@@ -105,3 +105,66 @@ def test_canonical_caption_says_the_same_with_left_of_or_above():
     assert canonical_caption("A red circle  BELOW a blue square") == "a blue square above a red circle"
     with pytest.raises(TypeError, match="str"):
         canonical_caption(3)
+
+
+def test_relation_flip_tables():
+    """One table per flip: ``CONVERSE`` (``A rel B`` says ``B CONVERSE[rel] A``) swaps left/right
+    and above/below; ``MIRROR`` (the relation in the horizontally mirrored scene) swaps left/right
+    only. ``converse_caption`` and ``mirror_caption`` apply them and keep the objects in place."""
+    from imagen_edu.data.captions import CONVERSE, MIRROR, converse_caption, mirror_caption
+
+    assert CONVERSE == {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    assert MIRROR == {"left of": "right of", "right of": "left of", "above": "above", "below": "below"}
+    assert converse_caption("a red circle below a blue square") == "a red circle above a blue square"
+    assert mirror_caption("a red circle left of a blue square") == "a red circle right of a blue square"
+    assert mirror_caption("a red circle below a blue square") == "a red circle below a blue square"
+    assert mirror_caption("a red circle") == "a red circle"
+    with pytest.raises(ValueError, match="grammar"):
+        mirror_caption("a photo of a cat")
+    with pytest.raises(ValueError, match="two-object"):
+        converse_caption("a red circle")
+
+
+def test_mirror_caption_describes_the_mirrored_scene():
+    """Mirroring a scene left to right (``x -> 1 - x``) makes it a scene of ``mirror_caption``:
+    the augmentation that chapter 4's CLIP trains with is label-correct."""
+    import numpy as np
+
+    from imagen_edu.data.captions import mirror_caption
+    from imagen_edu.data.shapes import SceneObject, place_objects, relation_gap
+
+    rng = np.random.default_rng(0)
+    for p in all_captions()[18::7]:                       # two-object captions, every relation
+        scene = place_objects(rng, p)
+        a, b = (SceneObject(o.colour, o.shape, (1 - o.centre[0], o.centre[1]), o.size) for o in scene.objects)
+        assert relation_gap(a, b, parse_caption(mirror_caption(p.text)).relation) > 0
+
+
+def test_read_jsonl_and_read_captions(tmp_path):
+    """The one reader of caption files: JSON lines (records with their line numbers, blank lines
+    skipped, a bad line named) and plain text (one caption a line)."""
+    import json
+
+    from imagen_edu.data.captions import read_captions, read_jsonl
+    from imagen_edu.embcache import read_captions as embcache_read_captions
+
+    assert embcache_read_captions is read_captions
+    f = tmp_path / "c.txt"
+    f.write_text("a red circle\n\na blue square\n")
+    assert read_captions(f) == ["a red circle", "a blue square"]
+    j = tmp_path / "captions.jsonl"
+    j.write_text(json.dumps({"file": "a.png", "caption": "a dog"}) + "\n\n" + json.dumps({"caption": "a cat"}) + "\n")
+    assert read_jsonl(j) == [(1, {"file": "a.png", "caption": "a dog"}), (3, {"caption": "a cat"})]
+    assert read_captions(j) == ["a dog", "a cat"]
+    with pytest.raises(ValueError, match=r"line 3: expected an object with string field\(s\) 'file' and 'caption'"):
+        read_jsonl(j, ("file", "caption"))
+    j.write_text('{"caption": "a dog"}\n{not json\n')
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
+        read_captions(j)
+    with pytest.raises(FileNotFoundError):
+        read_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="does not exist"):
+        read_captions(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="no caption"):
+        read_captions(tmp_path / "empty.txt")

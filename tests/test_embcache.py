@@ -1,13 +1,14 @@
-"""Tests of imagen_edu.embcache: a memory-mapped cache of text embeddings equals the encoder's output."""
+"""Tests of imagen_edu.embcache: both caches of text embeddings (in memory, memory-mapped) equal the encoder's output."""
 
-import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from imagen_edu import text_encoders
-from imagen_edu.embcache import CachedTextEncoder, EmbeddingCache, build_cache, read_captions
+from imagen_edu.embcache import CachedTextEncoder, CaptionCache, EmbeddingCache, TextCache, build_cache
 
 CAPS = ["a red circle", "a blue square left of a green circle", "a cyan triangle", "a red circle",
         "a magenta square above a yellow triangle"]
@@ -127,15 +128,68 @@ def test_build_errors(lm, tmp_path):
     assert len(build_cache(Huge(), ["x"], tmp_path / "e", dtype="float32")) == 1
 
 
-def test_read_captions(tmp_path):
-    f = tmp_path / "c.txt"
-    f.write_text("a red circle\n\na blue square\n")
-    assert read_captions(f) == ["a red circle", "a blue square"]
-    j = tmp_path / "captions.jsonl"
-    j.write_text(json.dumps({"file": "a.png", "caption": "a dog"}) + "\n" + '{"file": "b.png"}\n')
-    with pytest.raises(ValueError, match="line 2"):
-        read_captions(j)
-    j.write_text(json.dumps({"file": "a.png", "caption": "a dog"}) + "\n")
-    assert read_captions(j) == ["a dog"]
-    with pytest.raises(ValueError, match="does not exist"):
-        read_captions(tmp_path / "nope.txt")
+def test_text_cache_gives_the_old_training_tensors():
+    """The in-memory cache that moved out of the cascade builds the same ``(N, T, D)`` table, masks
+    and rows for the same calls as before (commit 4c3c1b9): a chunk of one-object captions first,
+    then longer captions that pad the table, duplicates and known captions reusing their rows.
+    Rows and masks exactly; embeddings to 1e-5 (the fixture's chapter-1 attention kernel may
+    round the last bits differently from today's)."""
+    with safe_open(str(Path(__file__).parent / "fixtures" / "lm_words_encoders.safetensors"), "pt") as f:
+        want, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    cache = TextCache(text_encoders.get("canonical:lm+words"), meta["textcache_first"].split("\n"),
+                      chunk=int(meta["textcache_chunk"]))
+    ids = cache.ids(meta["textcache_then"].split("\n"))
+    assert torch.equal(ids, want["textcache.ids"]) and ids.dtype == torch.long
+    assert torch.equal(cache.mask, want["textcache.mask"])
+    torch.testing.assert_close(cache.emb, want["textcache.emb"], atol=1e-5, rtol=0)
+
+
+def test_text_cache_is_exactly_the_encoder_on_the_same_batch(lm):
+    """A cache hit returns exactly what the encoder returned: the cache encodes the distinct
+    captions in sorted order, ``chunk`` at a time, and stores the encoder's output unchanged."""
+    distinct = sorted(set(CAPS))
+    cache = TextCache(lm, CAPS, chunk=len(distinct))
+    want, wmask = lm.encode(distinct)
+    assert [cache.index[c] for c in distinct] == list(range(len(distinct)))
+    assert torch.equal(cache.emb, want) and torch.equal(cache.mask, wmask)
+    emb, mask = cache.lookup(CAPS)
+    rows = [distinct.index(c) for c in CAPS]
+    assert torch.equal(emb, want[rows]) and torch.equal(mask, wmask[rows])
+
+
+def test_text_cache_pads_and_ignores_order_and_repeats(lm):
+    """The table depends only on the captions asked for: order and repeats within a call change
+    nothing; a longer caption added later pads the older rows with zeros and False."""
+    a = TextCache(lm, CAPS, chunk=2)
+    b = TextCache(lm, CAPS[::-1] + CAPS, chunk=2)
+    assert a.index == b.index and torch.equal(a.emb, b.emb) and torch.equal(a.mask, b.mask)
+    short = TextCache(lm, ["a red circle"])
+    assert short.emb.shape == (1, 5, lm.dim)
+    e, m = short.lookup(["a red circle left of a blue square", "a red circle"])
+    assert short.emb.shape == (2, 10, lm.dim) and len(short) == 2
+    assert m[1, :5].all() and not m[1, 5:].any() and (e[1, 5:] == 0).all()
+    with pytest.raises(TypeError, match="single str"):
+        short.lookup("a red circle")
+    with pytest.raises(ValueError, match="chunk"):
+        TextCache(lm, chunk=0)
+
+
+def test_both_caches_share_one_interface(lm, tmp_path):
+    """The memory-mapped and the in-memory cache answer the same lookup with the same masks and
+    embeddings, and both read as a text encoder named after the encoder they cache. Embeddings
+    to 1e-5, not exactly: the two encode different batches (first-occurrence order, 2 at a time,
+    against sorted order, 256 at a time), and CPU kernels may round the last bits differently
+    across batch shapes."""
+    disk = build_cache(lm, CAPS, tmp_path / "c", batch_size=2, dtype="float32")
+    memory = TextCache(lm, CAPS)
+    for cache in (disk, memory):
+        assert isinstance(cache, CaptionCache) and len(cache) == 4 and "a cyan triangle" in cache
+        assert cache.dim == lm.dim and cache.encoder_name == "lm"
+        enc = cache.as_encoder()
+        assert isinstance(enc, CachedTextEncoder) and isinstance(enc, text_encoders.TextEncoder)
+        assert enc.name == "lm" and enc.dim == lm.dim
+    (de, dm), (me, mm) = disk.lookup(CAPS), memory.lookup(CAPS)
+    assert torch.equal(dm, mm)
+    torch.testing.assert_close(de, me, atol=1e-5, rtol=0)
+    assert torch.equal(disk.ids(CAPS[:2]), torch.tensor(disk.rows(CAPS[:2])))
+    assert CachedTextEncoder is text_encoders.CachedTextEncoder

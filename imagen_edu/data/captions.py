@@ -1,8 +1,16 @@
-"""The caption grammar of the shapes benchmark (DESIGN.md, "The shapes benchmark").
+"""The caption grammar of the shapes benchmark, its relation flips, and caption files (page "The shapes benchmark").
 
 A caption is ``a COLOUR SHAPE`` or ``a COLOUR SHAPE RELATION a COLOUR SHAPE``. The relation
 reads left to right: in ``a red circle left of a blue square`` the red circle is the one on the
 left. The two objects of a two-object caption always have different colours.
+
+Relation flips, one table each: :data:`CONVERSE` (``A left of B`` says ``B right of A``; used by
+:func:`converse_caption` and :func:`canonical_caption`) and :data:`MIRROR` (the relation of the
+horizontally mirrored scene, :func:`mirror_caption`).
+
+Caption files: :func:`read_jsonl` reads JSON-lines files such as a captioned image folder's
+``captions.jsonl``; :func:`read_captions` reads the captions of such a file or of a plain text
+file.
 
 This module is pure Python (no torch) so that the tokenizer, the language model and the
 renderer all share one definition of the language.
@@ -11,7 +19,9 @@ renderer all share one definition of the language.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 # hue in degrees for each colour name (fully saturated, full value)
 COLOURS: dict[str, int] = {
@@ -99,8 +109,10 @@ def parse_caption(text: str) -> ParsedCaption:
     raise ValueError(f"caption {text!r} is not in the shapes grammar: expected {GRAMMAR}")
 
 
-#: each relation's mirror image: ``A left of B`` says the same as ``B right of A``
+#: each relation's converse: ``A left of B`` says the same as ``B right of A``
 CONVERSE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+#: each relation in the horizontally mirrored scene: left and right swap, above and below stay
+MIRROR: dict[str, str] = {r: CONVERSE[r] if r in ("left of", "right of") else r for r in RELATIONS}
 
 
 def converse_caption(caption: str) -> str:
@@ -110,6 +122,15 @@ def converse_caption(caption: str) -> str:
     if p.relation is None:
         raise ValueError(f"converse_caption needs a two-object caption, got {caption!r}")
     return make_caption(p.objects, CONVERSE[p.relation])
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the horizontally mirrored scene: ``left of`` <-> ``right of`` (:data:`MIRROR`),
+    everything else unchanged (one-object captions too). Circles, squares and apex-up triangles
+    are mirror-symmetric, so the mirrored scene is again a scene of the grammar. Text outside
+    the grammar raises ``ValueError``."""
+    p = parse_caption(caption)
+    return p.text if p.relation is None else make_caption(p.objects, MIRROR[p.relation])
 
 
 def canonical_caption(text: str) -> str:
@@ -160,3 +181,52 @@ def caption_corpus(split: str = "train") -> list[str]:
     elif split == "heldout":
         caps = [c for c in caps if c.heldout]
     return [c.text for c in caps]
+
+
+# ---------------------------------------------------------------------------------------------
+# Caption files
+# ---------------------------------------------------------------------------------------------
+def read_jsonl(path, fields: tuple[str, ...] = ("caption",)) -> list[tuple[int, dict]]:
+    """The records of a JSON-lines file: ``[(line number, object), ...]``, blank lines skipped.
+
+    Every line must be a JSON object whose ``fields`` are strings, as in a captioned image
+    folder's ``captions.jsonl`` (``{"file": "img001.jpg", "caption": "a dog on a beach"}``).
+    A missing file raises ``FileNotFoundError``; a malformed line ``ValueError`` naming the file
+    and the line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    want = " and ".join(repr(f) for f in fields)
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {n}: not valid JSON ({err.msg}); expected an object with "
+                                 f"string field(s) {want}") from None
+            if not isinstance(rec, dict) or not all(isinstance(rec.get(f), str) for f in fields):
+                raise ValueError(f"{path} line {n}: expected an object with string field(s) {want}, "
+                                 f"got {line.strip()[:80]!r}")
+            out.append((n, rec))
+    return out
+
+
+def read_captions(path) -> list[str]:
+    """Captions from a file: a ``.jsonl`` file (the ``caption`` field of every line, :func:`read_jsonl`)
+    or a text file with one caption per line. Blank lines are skipped. A missing or empty file, or
+    a malformed JSON line, raises ``ValueError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"captions file {path} does not exist")
+    if path.suffix == ".jsonl":
+        out = [rec["caption"] for _, rec in read_jsonl(path, ("caption",))]
+    else:
+        with open(path, encoding="utf-8") as fh:
+            out = [line.rstrip("\n") for line in fh if line.strip()]
+    if not out:
+        raise ValueError(f"{path} holds no caption")
+    return out

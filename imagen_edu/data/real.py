@@ -16,12 +16,12 @@ Nothing here touches the network unless asked (chapter 6 uses these loaders at G
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torchvision.transforms import functional as TF
 
+from .captions import read_jsonl
 from .shapes import check_resolution
 
 CAPTIONS_FILE = "captions.jsonl"
@@ -88,24 +88,11 @@ class CaptionedImageFolder(_StagedDataset):
             raise FileNotFoundError(f"no {captions_file} in {self.root}: expected one line per image like "
                                     '{"file": "img001.jpg", "caption": "a dog on a beach"}')
         self.items: list[tuple[Path, str]] = []
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path} line {n}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{where}: not valid JSON ({err.msg}); expected "
-                                     '{"file": ..., "caption": ...}') from None
-                if (not isinstance(rec, dict) or not isinstance(rec.get("file"), str)
-                        or not isinstance(rec.get("caption"), str)):
-                    raise ValueError(f"{where}: expected an object with string fields 'file' and 'caption', "
-                                     f"got {line.strip()[:80]!r}")
-                file = self.root / rec["file"]
-                if not file.is_file():
-                    raise FileNotFoundError(f"{where}: image file {rec['file']!r} not found in {self.root}")
-                self.items.append((file, rec["caption"]))
+        for n, rec in read_jsonl(path, ("file", "caption")):
+            file = self.root / rec["file"]
+            if not file.is_file():
+                raise FileNotFoundError(f"{path} line {n}: image file {rec['file']!r} not found in {self.root}")
+            self.items.append((file, rec["caption"]))
         if not self.items:
             raise ValueError(f"{path} lists no images")
 
