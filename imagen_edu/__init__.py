@@ -1,9 +1,11 @@
 """imagen_edu: the tested package behind the book *Imagen from scratch*.
 
-One module per idea (see DESIGN.md): ``profiles`` and ``doctor`` (setup), ``attention``
-(chapter 1), ``tokenizer``/``lm``/``text_encoders`` (chapter 2), ``diffusion`` (chapter 3),
-``clip`` (chapter 4), ``unet``/``imagen`` (chapter 5), ``train``/``cli`` (chapter 6), and the
-shared ``data``, ``evaluate``, ``checkpoints``, ``viz`` and ``exercises``.
+One module per idea: ``profiles`` and ``doctor`` (setup), ``attention`` (chapter 1),
+``tokenizer``/``lm``/``text_encoders`` (chapter 2), ``diffusion`` (chapter 3), ``clip`` (chapter 4),
+``unet``, ``guidance``, ``thresholding``, ``noise_augmentation``, ``stage``, ``stage_training``,
+``cascade`` (chapter 5; ``imagen`` gathers their names), ``train``, ``bench``, ``embcache`` and
+``cli`` (chapter 6), and the shared ``data``, ``evaluate`` (the judge), ``configs`` (the named
+stage recipes), ``checkpoints``, ``viz`` and ``exercises``.
 """
 
 from pathlib import Path

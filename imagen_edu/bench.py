@@ -23,6 +23,9 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .stage import ImagenStage
 
 __all__ = ["PEAK_TFLOPS", "peak_tflops", "count_flops", "training_step_flops", "bench_stage", "AMP_CHOICES"]
 
@@ -61,8 +64,6 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
     A matrix product ``(m, k) @ (k, n)`` counts ``2 m k n``; a convolution ``2 * out_elements *
     in_channels * kernel_area``; elementwise operations (activations, norms) count 0.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         out = fn(*args, **kwargs)
     return int(counter.get_total_flops()), out
@@ -101,12 +102,10 @@ def _network_step(stage, x0, emb, mask, low):
 def training_step_flops(cfg, batch_size: int, text_len: int = 16, device="meta") -> int:
     """Model FLOPs of one training step (forward + backward) of a stage at ``batch_size``.
 
-    ``cfg`` is a :class:`~imagen_edu.imagen.StageConfig`; the network is built and run on
+    ``cfg`` is a :class:`~imagen_edu.stage.StageConfig`; the network is built and run on
     ``device`` (``meta`` by default: nothing is allocated). Text of ``text_len`` tokens.
     Backward costs about twice the forward, so this is about 3x the forward FLOPs.
     """
-    from .imagen import ImagenStage
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     with torch.device(device):
@@ -120,7 +119,7 @@ def bench_stage(cfg, *, device="cpu", amp: str = "none", steps: int = 5, batch_s
                 text_len: int = 16, seed: int = 0) -> dict:
     """Time ``steps`` training steps of a stage (after one warm-up step) and estimate its MFU.
 
-    Uses :meth:`~imagen_edu.imagen.ImagenStage.training_loss` with Adam on synthetic images and
+    Uses :meth:`~imagen_edu.stage.ImagenStage.training_loss` with Adam on synthetic images and
     text embeddings (the speed does not depend on the values), under ``torch.autocast`` in
     ``amp`` (``bf16``/``fp16``: fp16 with a gradient scaler; ``none``: fp32).
 
@@ -128,8 +127,6 @@ def bench_stage(cfg, *, device="cpu", amp: str = "none", steps: int = 5, batch_s
     "achieved_tflops", "peak_tflops", "mfu", "note"}``; ``mfu`` is ``None`` on the CPU and for a
     GPU missing from :data:`PEAK_TFLOPS` (``note`` says why).
     """
-    from .imagen import ImagenStage
-
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -13,7 +13,7 @@
   and ``heldout`` captions (one- and two-object half and half), printed as JSON.
   Chapter 6 adds ``--data shapes|folder:PATH|cifar10:ROOT|mnist:ROOT|fashion_mnist:ROOT``
   (real captioned images, :mod:`imagen_edu.data.real`; ``--download`` lets torchvision fetch a
-  missing data set), ``--set FIELD=VALUE`` (repeatable; any :class:`~imagen_edu.imagen.StageConfig`
+  missing data set), ``--set FIELD=VALUE`` (repeatable; any :class:`~imagen_edu.stage.StageConfig`
   field, or ``unet.FIELD`` of its U-Net, e.g. ``--set aug_max_level=0 --set aug_sample_level=0``),
   ``--text-encoder NAME`` (e.g. ``t5:t5-small``; the stage's text width follows) and
   ``--text-cache DIR`` (precomputed embeddings from ``embed``: the encoder is never run).
@@ -33,11 +33,31 @@ Without ``--checkpoint-dir``, ``sample``/``eval``/``bench`` use the shipped toy 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import platform
 import sys
 import time
+import warnings
+from dataclasses import fields
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import configs, profiles
+from .bench import bench_stage
+from .cascade import ImagenCascade, check_positive_int
+from .data import real
+from .embcache import EmbeddingCache, build_cache, read_captions
+from .evaluate import eval_captions, evaluate_cascade
+from .imagen_text import get_text_encoder
+from .stage_training import train_command, train_stage
+from .train import dist_info, resolve_amp
+from .unet import UNetConfig
 
 __all__ = ["main", "build_parser", "save_png", "read_prompts", "parse_overrides", "apply_overrides", "data_pool"]
 
@@ -130,8 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def save_png(image, path) -> Path:
     """Write one image ``(3, H, W)`` in [-1, 1] as an 8-bit RGB PNG."""
-    from PIL import Image
-
     arr = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     path = Path(path)
     Image.fromarray(arr, mode="RGB").save(path)
@@ -155,8 +173,6 @@ def read_prompts(path) -> list[str]:
 
 
 def _cascade(args):
-    from .imagen import ImagenCascade
-
     return ImagenCascade.from_dir(args.checkpoint_dir)
 
 
@@ -166,8 +182,6 @@ def parse_overrides(items) -> dict:
     Values are read as Python literals (ints, floats, ``None``, ``True``, tuples like ``(8, 4)``
     or ``8,4``), anything else as a string. Field names are checked by :func:`apply_overrides`.
     """
-    import ast
-
     out: dict = {}
     for item in items:
         if "=" not in item:
@@ -187,13 +201,9 @@ def parse_overrides(items) -> dict:
 
 
 def apply_overrides(cfg, overrides: dict):
-    """A copy of the :class:`~imagen_edu.imagen.StageConfig` ``cfg`` with ``overrides`` (from
+    """A copy of the :class:`~imagen_edu.stage.StageConfig` ``cfg`` with ``overrides`` (from
     :func:`parse_overrides`) applied. An unknown field raises ``ValueError`` listing the valid ones;
     an int given for a float field becomes a float; the new config is validated as usual."""
-    from dataclasses import fields
-
-    from .unet import UNetConfig
-
     if not overrides:
         return cfg
     stage_fields = {f.name: f for f in fields(cfg)}
@@ -230,11 +240,6 @@ def data_pool(spec: str, cfg, *, download: bool = False, progress: bool = True):
     covers), so a stage trains on exact (low, high) pairs as with the shapes benchmark.
     Returns ``None`` for ``"shapes"`` (the stage renders its own pool).
     """
-    import torch
-    import torch.nn.functional as F
-
-    from .data import real
-
     kind, _, where = str(spec).partition(":")
     kind = kind.strip().lower().replace("-", "_")
     if kind == "shapes" and not where:
@@ -249,8 +254,6 @@ def data_pool(spec: str, cfg, *, download: bool = False, progress: bool = True):
     n = min(len(ds), cfg.n_train_images)
     it = range(n)
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc=f"loading {n} images of {spec}", leave=False)
     highs = torch.empty(n, 3, cfg.resolution, cfg.resolution)
     caps = []
@@ -265,8 +268,6 @@ def data_pool(spec: str, cfg, *, download: bool = False, progress: bool = True):
 
 
 def _warn_unknown_words(encoder, captions) -> None:
-    import warnings
-
     stoi = getattr(getattr(encoder, "tokenizer", None), "stoi", None)
     if stoi is None:
         return
@@ -278,14 +279,10 @@ def _warn_unknown_words(encoder, captions) -> None:
 
 
 def _train(args) -> int:
-    from . import profiles
-    from .imagen import get_text_encoder, stage_config, train_command, train_stage
-    from .train import dist_info
-
     if args.profile is not None:
         os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
     prof = profiles.current()
-    cfg = stage_config(args.stage, prof)
+    cfg = configs.stage_config(args.stage, prof)
     changes = {}
     if args.seed is not None:
         changes["seed"] = args.seed
@@ -295,8 +292,6 @@ def _train(args) -> int:
         cfg = cfg.replace(**changes)
     encoder = cache = None
     if args.text_cache is not None:
-        from .embcache import EmbeddingCache
-
         cache = EmbeddingCache(args.text_cache)
     if args.text_encoder is not None:
         # the width of the encoder's embeddings (read from the cache: then the encoder is never loaded)
@@ -352,13 +347,11 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
-    from .imagen import _check_pos_int
-
-    _check_pos_int(args.n, "--n")
+    check_positive_int(args.n, "--n")
     if args.guidance is not None and args.guidance < 0:
         raise ValueError(f"--guidance must be >= 0, got {args.guidance}")
     if args.steps is not None:
-        _check_pos_int(args.steps, "--steps")
+        check_positive_int(args.steps, "--steps")
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("empty prompt: describe the image, e.g. --prompt 'a red circle left of a blue square'")
@@ -376,8 +369,6 @@ def _sample(args) -> int:
 
 
 def _eval(args) -> int:
-    from .imagen import evaluate_cascade
-
     cascade = _cascade(args)
     res = evaluate_cascade(cascade, n=args.n, guidance=args.guidance, steps=args.steps, seed=args.seed,
                            batch_size=args.batch_size, threshold=args.threshold)
@@ -391,13 +382,6 @@ def _eval(args) -> int:
 
 
 def _bench(args) -> int:
-    import platform
-
-    import torch
-
-    from . import profiles
-    from .bench import bench_stage
-
     if args.profile is not None:
         os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -405,8 +389,6 @@ def _bench(args) -> int:
         raise ValueError("--device cuda asked for, but CUDA is not available here: use --device cpu")
     amp = args.amp
     if amp is None:  # the trainer's rule for amp="auto" (bf16 on GPUs that have it, fp16 on older ones, off on the CPU)
-        from .train import resolve_amp
-
         amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "none"}[resolve_amp("auto", device)]
     if args.train_steps < 1:
         raise ValueError(f"--train-steps must be >= 1, got {args.train_steps}")
@@ -418,8 +400,6 @@ def _bench(args) -> int:
            "torch": torch.__version__, "train_images_per_s": {}, "flops_per_step": {},
            "achieved_tflops": {}, "mfu": {}, "stages": {}}
     if args.configs:
-        from . import configs
-
         todo = [(name, configs.get(name).stage) for name in args.configs]
         cascade = None
     else:
@@ -435,8 +415,6 @@ def _bench(args) -> int:
         out["achieved_tflops"][name] = r["achieved_tflops"]
         out["mfu"][name] = r["mfu"]
     if cascade is not None and not args.no_sample:
-        from .imagen import eval_captions
-
         caps = eval_captions("test", max(2, args.n))
         t0 = time.perf_counter()
         cascade.sample(caps[:args.n], n=1, guidance=args.guidance, steps=args.steps, seed=0, progress=False)
@@ -450,16 +428,11 @@ def _bench(args) -> int:
 
 
 def _configs(args) -> int:
-    from . import configs
-
     print(configs.summary_table(as_json=args.json))
     return 0
 
 
 def _embed(args) -> int:
-    from .embcache import build_cache, read_captions
-    from .imagen import get_text_encoder
-
     captions = read_captions(args.captions)
     encoder = get_text_encoder(args.encoder, device=args.device)
     t0 = time.perf_counter()
@@ -482,8 +455,6 @@ def main(argv=None) -> int:
         if threads < 1:
             print(f"error: --threads must be >= 1, got {threads}", file=sys.stderr)
             return 2
-        import torch
-
         torch.set_num_threads(threads)
     try:
         return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench, "configs": _configs,

@@ -1,8 +1,17 @@
-"""Named model configurations: the book's toy cascades and the paper's three U-Nets (chapter 6).
+"""Named model configurations: the book's toy cascades (chapter 5) and the paper's three U-Nets (chapter 6).
 
-Every entry is a :class:`NamedConfig`: a name such as ``"toy-cpu/base"`` or ``"paper/base64"``,
-a :class:`~imagen_edu.imagen.StageConfig` (the U-Net, text width and training recipe) and the
-text encoder it reads. Parameters are counted on PyTorch's ``meta`` device
+**The toy recipes.** :func:`stage_configs` builds the :class:`~imagen_edu.stage.StageConfig` of
+every stage of a compute profile's cascade from its :class:`~imagen_edu.profiles.ImagenSettings`:
+the settings shared by every stage, then the stage's own fields (``settings.stages``), then what
+follows from them: a super-resolution stage reads the previous stage's resolution
+(``lowres_resolution``, ``unet.lowres_channels = 3``), every U-Net reads the text encoder's width
+(``cond_dim == context_dim == text_dim``), its heads and groups follow its width
+(:func:`heads_and_groups`) and the warm-up follows the steps (:func:`toy_warmup`).
+:func:`stage_config` picks one stage of a profile.
+
+**Named configs.** Every entry is a :class:`NamedConfig`: a name such as ``"toy-cpu/base"`` or
+``"paper/base64"``, a :class:`~imagen_edu.stage.StageConfig` (the U-Net, text width and training
+recipe) and the text encoder it reads. Parameters are counted on PyTorch's ``meta`` device
 (:func:`count_parameters`): the modules are built with shapes but no storage, so counting the
 2-billion-parameter base model allocates nothing and takes a fraction of a second.
 
@@ -43,22 +52,24 @@ With the paper's exact widths our U-Net has about 2.37B, 891M and 819M parameter
 paper's count while keeping its shape. The recipes carry the paper's batch size (2048), peak
 learning rate (1e-4) and 10k warm-up steps; Imagen trained for 2.5M steps.
 
-Derived in chapter 6 (Section "Paper-size configs").
+Toy recipes derived in chapter 5; the paper's configs in chapter 6 (Section "Paper-size configs").
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from .imagen import ImagenStage, StageConfig, _unet, stage_configs
-from .unet import UNetConfig
+from . import profiles
+from .imagen_text import get_text_encoder
+from .stage import STAGES, ImagenStage, StageConfig
+from .unet import UNet, UNetConfig
 
-__all__ = ["NamedConfig", "T5_XXL", "T5_XXL_DIM", "paper_configs", "toy_configs",
-           "all_configs", "names", "get", "count_parameters", "build_on_meta", "summary_table", "PAPER_WIDTHS",
-           "paper_width_stage"]
+__all__ = ["NamedConfig", "T5_XXL", "T5_XXL_DIM", "paper_configs", "toy_configs", "stage_configs", "stage_config",
+           "unet_config", "toy_warmup", "heads_and_groups", "all_configs", "names", "get", "count_parameters",
+           "build_on_meta", "summary_table", "PAPER_WIDTHS", "paper_width_stage"]
 
 #: the text encoder of Imagen's paper models (Hugging Face hub name) and its width
 T5_XXL = "google/t5-v1_1-xxl"
@@ -74,8 +85,8 @@ class NamedConfig:
 
     Attributes:
         name: ``"toy-PROFILE/STAGE"`` or ``"paper/base64"``, ``"paper/sr256"``, ``"paper/sr1024"``.
-        stage: the :class:`~imagen_edu.imagen.StageConfig` (``stage.text_encoder`` is the name
-            for :func:`imagen_edu.imagen.get_text_encoder`, e.g. ``"t5:google/t5-v1_1-xxl"``).
+        stage: the :class:`~imagen_edu.stage.StageConfig` (``stage.text_encoder`` is the name
+            for :func:`imagen_edu.text_encoders.get`, e.g. ``"t5:google/t5-v1_1-xxl"``).
         text_encoder: the text encoder in words: ``"google/t5-v1_1-xxl"`` or the toy encoder's name.
         paper_params: the paper's parameter count (``None`` for toy configs).
         description: one line.
@@ -105,7 +116,7 @@ class NamedConfig:
         return count_parameters(self.stage)
 
     def build(self, device="meta") -> ImagenStage:
-        """The :class:`~imagen_edu.imagen.ImagenStage`; on ``meta`` by default (no storage)."""
+        """The :class:`~imagen_edu.stage.ImagenStage`; on ``meta`` by default (no storage)."""
         return build_on_meta(self.stage) if str(device) == "meta" else ImagenStage(self.stage).to(device)
 
     def summary(self) -> dict:
@@ -124,7 +135,7 @@ class NamedConfig:
 
 
 def build_on_meta(stage: StageConfig) -> ImagenStage:
-    """Build an :class:`~imagen_edu.imagen.ImagenStage` on the ``meta`` device: shapes, no storage."""
+    """Build an :class:`~imagen_edu.stage.ImagenStage` on the ``meta`` device: shapes, no storage."""
     if not isinstance(stage, StageConfig):
         raise TypeError(f"stage must be a StageConfig, got {type(stage).__name__}")
     with torch.device("meta"):
@@ -141,8 +152,6 @@ def count_parameters(obj) -> int:
     if isinstance(obj, StageConfig):
         obj = build_on_meta(obj)
     elif isinstance(obj, UNetConfig):
-        from .unet import UNet
-
         with torch.device("meta"):
             obj = UNet(obj)
     if not isinstance(obj, torch.nn.Module):
@@ -151,11 +160,80 @@ def count_parameters(obj) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# The toy recipes: StageConfigs from a profile's ImagenSettings (chapter 5)
+# ---------------------------------------------------------------------------------------------
+def unet_config(resolution, channels, mults, blocks, attn, cross, text_dim, lowres=False, heads=4,
+                groups=8) -> UNetConfig:
+    """A stage's :class:`~imagen_edu.unet.UNetConfig`: ``image_size = resolution``, the text width
+    ``text_dim`` for both the pooled vector and the cross-attention context, and 3 extra input
+    channels for the low-resolution image of a super-resolution stage."""
+    return UNetConfig(image_size=resolution, channels=channels, channel_mults=tuple(mults),
+                      num_res_blocks=blocks, attention_resolutions=tuple(attn), num_heads=heads, groups=groups,
+                      cond_dim=text_dim, context_dim=text_dim, cross_attention_resolutions=tuple(cross),
+                      lowres_channels=3 if lowres else None)
+
+
+def heads_and_groups(channels: int) -> tuple[int, int]:
+    """The toy U-Nets' attention heads and GroupNorm groups for a base width: 4 heads when they
+    divide it (else 1), ``min(8, channels)`` groups."""
+    return (4 if channels % 4 == 0 else 1), min(8, channels)
+
+
+def toy_warmup(steps: int) -> int:
+    """The toy recipes' linear warm-up: 10 % of the steps, at least 1 and at most 50."""
+    return min(50, max(1, steps // 10))
+
+
+def stage_configs(settings, text_dim: int | None = None) -> dict[str, StageConfig]:
+    """The cascade's :class:`~imagen_edu.stage.StageConfig` s, ``{"base": ..., "sr1": ...}`` (and
+    ``"sr2"`` when ``settings.stages`` has it), from an :class:`imagen_edu.profiles.ImagenSettings`.
+
+    Each stage: the fields every stage shares (``settings.text_encoder``, ``timesteps``, ...),
+    then its own (``settings.stages[name]``), then what follows (module docstring). ``text_dim``
+    defaults to the width of ``settings.text_encoder`` (which is loaded to find it).
+    """
+    s = settings
+    if list(s.stages) not in (list(STAGES[:2]), list(STAGES)):
+        raise ValueError(f"settings.stages must be {list(STAGES[:2])} or {list(STAGES)}, got {list(s.stages)}")
+    D = get_text_encoder(s.text_encoder).dim if text_dim is None else text_dim
+    common = dict(text_dim=D, text_encoder=s.text_encoder, timesteps=s.timesteps, objective=s.objective, lr=s.lr,
+                  ema_decay=s.ema_decay, cond_drop_prob=s.cond_drop_prob, n_train_images=s.n_train_images)
+    out, previous = {}, None
+    for name, own in s.stages.items():
+        own = dict(own)
+        u = dict(own.pop("unet"))
+        heads, groups = heads_and_groups(u["channels"])
+        unet = unet_config(own["resolution"], u.pop("channels"), u.pop("channel_mults"), u.pop("num_res_blocks"),
+                           u.pop("attention_resolutions"), u.pop("cross_attention_resolutions"), D,
+                           lowres=previous is not None, heads=heads, groups=groups)
+        if u:  # any other U-Net field a stage sets
+            unet = replace(unet, **u)
+        lowres = None if previous is None else previous.resolution
+        out[name] = previous = StageConfig(name=name, lowres_resolution=lowres, unet=unet,
+                                           **{"warmup": toy_warmup(own["steps"]), **common, **own})
+    return out
+
+
+def stage_config(stage: str, profile=None, text_dim: int | None = None) -> StageConfig:
+    """The :class:`~imagen_edu.stage.StageConfig` of ``stage`` for a profile (a name or a
+    :class:`~imagen_edu.profiles.Profile`; default: the current one): :func:`stage_configs` of its
+    ``imagen`` settings."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {STAGES}")
+    prof = profiles.current() if profile is None else (profile if isinstance(profile, profiles.Profile)
+                                                       else profiles.get(profile))
+    recipe = stage_configs(prof.imagen, text_dim)
+    if stage not in recipe:
+        raise ValueError(f"the {prof.name!r} recipe has no stage {stage!r}; it has {sorted(recipe)}")
+    return recipe[stage]
+
+
+# ---------------------------------------------------------------------------------------------
 # The paper's U-Nets (Saharia et al. 2022, Appendix F)
 # ---------------------------------------------------------------------------------------------
 def _paper_unet(resolution, channels, mults, blocks, attn, cross, groups, lowres):
-    """The toy recipes' U-Net builder with the paper's 8 heads and T5-XXL's width."""
-    return _unet(resolution, channels, mults, blocks, attn, cross, T5_XXL_DIM, lowres, heads=8, groups=groups)
+    """:func:`unet_config` with the paper's 8 heads and T5-XXL's width."""
+    return unet_config(resolution, channels, mults, blocks, attn, cross, T5_XXL_DIM, lowres, heads=8, groups=groups)
 
 
 # the recipe shared by the three models: batch 2048, peak lr 1e-4 after 10k warm-up steps
@@ -216,12 +294,10 @@ _TOY_CACHE: dict[str, dict[str, NamedConfig]] = {}
 
 def toy_configs(profile: str) -> dict[str, NamedConfig]:
     """``{"toy-P/base": ..., "toy-P/sr1": ...}`` (and ``"toy-P/sr2"`` where the profile has a third
-    stage): :func:`imagen_edu.imagen.stage_configs` of profile ``P``.
+    stage): :func:`stage_configs` of profile ``P``.
 
     Their text width comes from the shipped chapter-2 language model (loaded once to read it).
     """
-    from . import profiles
-
     prof = profiles.get(profile)
     if prof.name not in _TOY_CACHE:
         s = prof.imagen
@@ -237,8 +313,6 @@ def toy_configs(profile: str) -> dict[str, NamedConfig]:
 
 def all_configs() -> dict[str, NamedConfig]:
     """Every named config: the toy ones of each profile (ci, cpu, gpu), then the paper's."""
-    from . import profiles
-
     out: dict[str, NamedConfig] = {}
     for p in profiles.names():
         out.update(toy_configs(p))
@@ -248,11 +322,7 @@ def all_configs() -> dict[str, NamedConfig]:
 
 def names() -> list[str]:
     """The names :func:`get` accepts."""
-    from . import profiles
-
-    return [f"toy-{p}/{s}" for p in profiles.names()
-            for s in (("base", "sr1", "sr2") if profiles.get(p).imagen.sr2_resolution else ("base", "sr1"))] \
-        + list(paper_configs())
+    return [f"toy-{p}/{s}" for p in profiles.names() for s in profiles.get(p).imagen.stages] + list(paper_configs())
 
 
 def get(name: str) -> NamedConfig:
@@ -263,8 +333,6 @@ def get(name: str) -> NamedConfig:
         return paper_configs()[name]
     if name.startswith("toy-") and "/" in name:
         prof = name[4:].split("/", 1)[0]
-        from . import profiles
-
         if prof in profiles.names():
             cfgs = toy_configs(prof)
             if name in cfgs:

@@ -1,8 +1,7 @@
 """The project's own judge: does an image show what its shapes-benchmark caption says?
 
 An analytic checker with no learned weights, so it shares nothing with any generator
-(derived in the book's shapes-benchmark page, ``book/shapes_benchmark.ipynb``, Eq. (data-eq-features);
-DESIGN.md, "The shapes benchmark"):
+(derived in the book's shapes-benchmark page, ``book/shapes_benchmark.ipynb``, Eq. (data-eq-features)):
 
 1. **Segment by colour.** Pixels with value ``V = max(r, g, b) >= 0.5`` and saturation
    ``S = (V - min) / V >= 0.5`` are foreground; each gets the nearest of the six hues
@@ -31,20 +30,36 @@ A **clean** object is a detected object whose box is roughly square and whose fe
 near its shape's prototype, with a tolerance that grows for small objects (:func:`is_clean`);
 :func:`count_clean_objects` counts them per image.
 
+The judge at work on the chapter-5 cascade: :func:`eval_captions` (test and heldout captions,
+one- and two-object half and half), :func:`evaluate_cascade` (the accuracies that ``python -m
+imagen_edu eval`` prints) and :func:`relation_loss_test` (does a base stage read the relation?).
+The chapter-4 CLIP metrics :func:`clip_score` and :func:`rerank` are re-exported from
+:mod:`imagen_edu.clip`, so that every way of judging images is found here.
+
 Run ``python -m imagen_edu.evaluate selftest --n 500`` for the judge's figures (JSON).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torchvision.transforms.functional import gaussian_blur
 
-from .data.captions import COLOURS, SHAPES, parse_caption
-from .data.shapes import single_thread
+from .clip import clip_score, rerank  # CLIP-based metrics (chapter 4), re-exported: every judge in one module
+from .data.captions import COLOURS, SHAPES, converse_caption, parse_caption
+from .data.shapes import make_batch, render_batch, scene_at, single_thread
+from .imagen_text import get_text_encoder
+
+__all__ = ["DetectedObject", "attribute_accuracy", "colour_masks", "connected_components", "count_clean_objects",
+           "detect_objects", "detect_objects_batch", "is_clean", "relation_holds", "selftest", "verdict", "SHAPES",
+           "clip_score", "rerank", "eval_captions", "evaluate_cascade", "relation_loss_test"]
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)  # hue order: index k has hue 60 k degrees
 #: (fill ratio, centroid height in the box from the top) of each shape, and the feature scales
@@ -315,6 +330,98 @@ def attribute_accuracy(images, captions, margin: float = 0.0, min_area: float = 
 
 
 # ---------------------------------------------------------------------------------------------
+# Judging the cascade (chapter 5)
+# ---------------------------------------------------------------------------------------------
+def _check_count(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    return v
+
+
+def eval_captions(split: str, n: int, seed: int = 0) -> list[str]:
+    """``n`` captions of ``split`` (``"test"`` or ``"heldout"``): one- and two-object half and half."""
+    if split not in ("test", "heldout"):
+        raise ValueError(f"split must be 'test' or 'heldout', got {split!r}")
+    _check_count(n, "n")
+    h = n // 2
+    one = [scene_at(split, seed, i, two_object_fraction=0.0).caption for i in range(n - h)]
+    two = [scene_at(split, seed, 100_000 + i, two_object_fraction=1.0).caption for i in range(h)]
+    return one + two
+
+
+def evaluate_cascade(cascade, n: int = 200, *, guidance=None, steps=None, seed: int = 0,
+                     splits=("test", "heldout"), batch_size: int = 256, progress: bool = True, **sample_kw) -> dict:
+    """The judge's accuracies of a cascade's samples, one image per caption, per split.
+
+    ``cascade`` is an :class:`~imagen_edu.cascade.ImagenCascade` (anything with
+    ``sample(captions, n=1, ...) -> (N, 3, R, R)`` and ``resolution``). Returns ``{split: {"all",
+    "colour", "shape", "relation", "count", "all_one_object", "all_two_object", "n"},
+    "seconds_per_image": ..., "resolution": ..., "threads": ...}``.
+    """
+    out: dict = {}
+    total_t, total_n = 0.0, 0
+    for split in splits:
+        caps = eval_captions(split, n, seed)
+        t0 = time.perf_counter()
+        imgs = cascade.sample(caps, n=1, guidance=guidance, steps=steps, seed=seed, batch_size=batch_size,
+                              progress=progress, **sample_kw)
+        total_t += time.perf_counter() - t0
+        total_n += len(caps)
+        r = attribute_accuracy(imgs, caps)
+        one = [v["all"] for v in r["verdicts"] if v["relation"] is None]
+        two = [v["all"] for v in r["verdicts"] if v["relation"] is not None]
+        out[split] = {k: round(r[k], 4) for k in ("all", "colour", "shape", "relation", "count")}
+        out[split].update({"all_one_object": round(sum(one) / max(1, len(one)), 4),
+                           "all_two_object": round(sum(two) / max(1, len(two)), 4), "n": len(caps)})
+    out["seconds_per_image"] = round(total_t / max(1, total_n), 4)
+    out["resolution"] = cascade.resolution
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+@torch.no_grad()
+def relation_loss_test(stage, encoder=None, n: int = 256, *, seed: int = 0, bins: int = 4) -> dict:
+    """Does a base stage read which side each object goes? Its loss with the true and the converse caption.
+
+    ``stage`` is a base :class:`~imagen_edu.stage.ImagenStage`. Renders ``n`` two-object
+    ``train`` scenes at the stage's resolution and computes the diffusion loss
+    (:meth:`~imagen_edu.stage.ImagenStage.training_loss`, no text dropout) three times with the
+    *same* time steps and noise: with the true captions, with the relation flipped
+    (:func:`~imagen_edu.data.captions.converse_caption`, which describes the mirrored scene, so a
+    model that places objects by the caption must do worse), and with the null text. ``bins``
+    equal ranges of ``t`` are reported separately (sides are decided at large ``t``).
+    ``encoder`` defaults to the stage's own.
+
+    Returns ``{"t_ranges": [(lo, hi), ...], "true": [...], "flipped": [...], "null": [...]}``.
+    """
+    _check_count(n, "n")
+    _check_count(bins, "bins")
+    cfg = stage.config
+    if cfg.is_sr:
+        raise ValueError("relation_loss_test takes a base stage (no lowres input)")
+    encoder = get_text_encoder(cfg.text_encoder, device=str(stage.device)) if encoder is None else encoder
+    scenes = [scene_at("train", seed, i, two_object_fraction=1.0) for i in range(n)]
+    x0 = render_batch(scenes, cfg.resolution).to(stage.device)
+    caps = [s.caption for s in scenes]
+    emb, mask = encoder.encode(caps)
+    femb, fmask = encoder.encode([converse_caption(c) for c in caps])
+    T = cfg.timesteps
+    edges = [round(T * k / bins) for k in range(bins + 1)]
+    out = {"t_ranges": [], "true": [], "flipped": [], "null": []}
+    keep, drop = torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        g = torch.Generator().manual_seed(seed + lo)
+        t = torch.randint(lo, hi, (n,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        common = dict(t=t, noise=noise)
+        out["t_ranges"].append((lo, hi))
+        out["true"].append(float(stage.training_loss(x0, emb, mask, drop=keep, **common)))
+        out["flipped"].append(float(stage.training_loss(x0, femb, fmask, drop=keep, **common)))
+        out["null"].append(float(stage.training_loss(x0, emb, mask, drop=drop, **common)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Self test: python -m imagen_edu.evaluate selftest --n 500
 # ---------------------------------------------------------------------------------------------
 def selftest(n: int = 500, seed: int = 0) -> dict:
@@ -322,10 +429,6 @@ def selftest(n: int = 500, seed: int = 0) -> dict:
 
     Returns ``{condition: {"all", "colour", "shape", "relation", "count"}}`` rounded to 4 digits.
     """
-    from torchvision.transforms.functional import gaussian_blur
-
-    from .data.shapes import make_batch
-
     def summary(images, caps):
         r = attribute_accuracy(images, caps)
         return {k: round(r[k], 4) for k in ("all", "colour", "shape", "relation", "count")}
@@ -349,9 +452,6 @@ def selftest(n: int = 500, seed: int = 0) -> dict:
 
 
 def _main(argv=None) -> None:
-    import argparse
-    import json
-
     ap = argparse.ArgumentParser(prog="python -m imagen_edu.evaluate",
                                  description="The shapes judge. 'selftest' prints its accuracy figures as JSON.")
     ap.add_argument("command", choices=["selftest"])
@@ -363,31 +463,3 @@ def _main(argv=None) -> None:
 
 if __name__ == "__main__":
     _main()
-
-__all__ = ["DetectedObject", "attribute_accuracy", "colour_masks", "connected_components", "count_clean_objects",
-           "detect_objects", "detect_objects_batch", "is_clean", "relation_holds", "selftest", "verdict", "SHAPES"]
-
-
-# ---------------------------------------------------------------------------------------------
-# CLIP-based metrics (chapter 4). Implemented in imagen_edu.clip; exposed here so that every
-# way of judging images is found in one module. Imported lazily: clip depends on this module.
-# ---------------------------------------------------------------------------------------------
-def clip_score(images, captions, model=None):
-    """CLIP score of ``images (N, 3, H, W)`` in [-1, 1] against ``captions`` (N strings).
-
-    ``100 * max(cos(image_emb, text_emb), 0)`` per pair, with the shipped chapter-4 CLIP model
-    when ``model`` is None. See :func:`imagen_edu.clip.clip_score` (derived in chapter 4).
-    """
-    from .clip import clip_score as _clip_score
-
-    return _clip_score(images, captions, model=model)
-
-
-def rerank(images, caption, model=None):
-    """Indices of ``images`` ordered by CLIP score against ``caption``, best first.
-
-    See :func:`imagen_edu.clip.rerank` (chapter 4); chapter 5 reranks cascade samples with it.
-    """
-    from .clip import rerank as _rerank
-
-    return _rerank(images, caption, model=model)

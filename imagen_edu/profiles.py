@@ -127,6 +127,39 @@ class CLIPSettings:
 # ---------------------------------------------------------------------------------------------
 # Chapter 5: Imagen
 # ---------------------------------------------------------------------------------------------
+#: The cpu profile's cascade (chapter 5): for each stage, :class:`~imagen_edu.stage.StageConfig`
+#: fields, with the U-Net's (:class:`~imagen_edu.unet.UNetConfig`) under ``"unet"``. What every
+#: stage shares (text encoder, timesteps, lr...) is in :class:`ImagenSettings`; what follows from
+#: these (the low resolution of an SR stage, the text width, heads, groups, warm-up) is derived by
+#: :func:`imagen_edu.configs.stage_configs`.
+CPU_STAGES: dict[str, dict] = {
+    "base": dict(resolution=16, two_object_fraction=0.75, steps=2400, batch_size=32, max_seconds=1080.0,
+                 guidance=3.0, sample_steps=25, threshold="static", eta=1.0,
+                 unet=dict(channels=32, channel_mults=(1, 2, 2), num_res_blocks=(1, 2, 2),
+                           attention_resolutions=(8, 4), cross_attention_resolutions=(16, 8, 4))),
+    # super-resolution 16 -> 32 px, no self-attention, no guidance (w = 1); noise-conditioning
+    # augmentation: levels uniform in [0, aug_max_level] in training, aug_sample_level at sampling
+    "sr1": dict(resolution=32, two_object_fraction=0.75, steps=2500, batch_size=32, max_seconds=1080.0,
+                guidance=1.0, sample_steps=15, threshold="static", eta=1.0, aug_max_level=0.5, aug_sample_level=0.1,
+                unet=dict(channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attention_resolutions=(),
+                          cross_attention_resolutions=(16, 8))),
+}
+
+
+def stages_with(**changes: dict) -> dict[str, dict]:
+    """:data:`CPU_STAGES` with some fields changed, e.g. ``stages_with(base=dict(steps=4, unet=dict(channels=8)))``.
+
+    ``unet`` changes are merged field by field; a stage that :data:`CPU_STAGES` lacks (``sr2``) is
+    given whole.
+    """
+    out = {name: {**d, "unet": dict(d["unet"])} for name, d in CPU_STAGES.items()}
+    for name, change in changes.items():
+        stage = out.setdefault(name, {"unet": {}})
+        stage.update({k: v for k, v in change.items() if k != "unet"})
+        stage["unet"].update(change.get("unet", {}))
+    return out
+
+
 @dataclass(frozen=True)
 class ImagenSettings:
     """The toy Imagen cascade of chapter 5 (defaults = the cpu profile): a 16 px base stage and a
@@ -134,60 +167,22 @@ class ImagenSettings:
 
     The two stages train independently (the super-resolution stage learns from exact low/high
     resolution renders), so on 2 cores they train side by side, one thread each, within
-    ``*_max_seconds``. Built into :class:`imagen_edu.imagen.StageConfig` by
-    :func:`imagen_edu.imagen.stage_config`.
+    their ``max_seconds``. ``stages`` holds each stage's own fields (see :data:`CPU_STAGES`);
+    :func:`imagen_edu.configs.stage_configs` builds the :class:`~imagen_edu.stage.StageConfig` s.
     """
 
-    # the chapter-2 LM read at its input and output layers (imagen_edu.imagen.LMWordsAndStates),
-    # fed canonical captions ("B left of A" for "A right of B": imagen_edu.imagen.CanonicalCaptions)
+    # the chapter-2 LM read at its input and output layers (lm+words), fed canonical captions
+    # ("B left of A" for "A right of B"); a name for imagen_edu.text_encoders
     text_encoder: str = "canonical:lm+words"
+    # shared by every stage
     timesteps: int = 1000
     objective: str = "v"
     lr: float = 2e-3
     ema_decay: float = 0.995
     cond_drop_prob: float = 0.1
     n_train_images: int = 20000
-    # base stage
-    base_resolution: int = 16
-    base_channels: int = 32
-    base_mults: tuple = (1, 2, 2)
-    base_res_blocks: tuple = (1, 2, 2)
-    base_attention: tuple = (8, 4)
-    base_cross_attention: tuple = (16, 8, 4)
-    base_two_object_fraction: float = 0.75
-    base_steps: int = 2400
-    base_batch: int = 32
-    base_max_seconds: float | None = 1080.0
-    base_guidance: float = 3.0
-    base_sample_steps: int = 25
-    base_threshold: str = "static"
-    base_eta: float = 1.0
-    # super-resolution stage (noise-conditioning augmentation: uniform in [0, aug_max_level] in
-    # training, aug_sample_level at sampling)
-    sr_resolution: int = 32
-    sr_channels: int = 16
-    sr_mults: tuple = (1, 2, 4)
-    sr_res_blocks: int = 1
-    sr_cross_attention: tuple = (16, 8)
-    sr_two_object_fraction: float = 0.75
-    sr_steps: int = 2500
-    sr_batch: int = 32
-    sr_max_seconds: float | None = 1080.0
-    sr_sample_steps: int = 15
-    sr_eta: float = 1.0
-    sr_threshold: str = "static"
-    aug_max_level: float = 0.5
-    aug_sample_level: float = 0.1
-    # optional second super-resolution stage (sr1's resolution -> sr2_resolution; None: no sr2).
-    # Same augmentation levels as sr1.
-    sr2_resolution: int | None = None
-    sr2_channels: int = 16
-    sr2_mults: tuple = (1, 2, 4, 4)
-    sr2_cross_attention: tuple = (16, 8)
-    sr2_steps: int = 2000
-    sr2_batch: int = 32
-    sr2_max_seconds: float | None = None
-    sr2_sample_steps: int = 15
+    # the stages in cascade order ("base", "sr1" and optionally "sr2"); read-only
+    stages: dict = field(default_factory=stages_with)
     # evaluation and figures
     n_eval: int = 200
     guidance_sweep: tuple = (1.0, 2.0, 3.0, 5.0, 8.0)
@@ -238,11 +233,13 @@ PROFILES: dict[str, Profile] = {
         clip=CLIPSettings(image_size=16, width=16, embed_dim=16, text_layers=1, text_heads=2, steps=30,
                           batch_size=32, n_train_images=128, max_seconds=None, n_eval=20, n_zero_shot=36),
         imagen=ImagenSettings(
-            timesteps=100, n_train_images=64, base_resolution=8, base_channels=8, base_mults=(1, 2),
-            base_res_blocks=(1, 1), base_attention=(4,), base_cross_attention=(4,), base_steps=4, base_batch=8,
-            base_max_seconds=None, base_sample_steps=4, sr_resolution=16, sr_channels=8, sr_mults=(1, 2),
-            sr_cross_attention=(8,), sr_steps=4, sr_batch=8, sr_max_seconds=None, sr_sample_steps=4, n_eval=8,
-            guidance_sweep=(1.0, 3.0), n_grid=4,
+            timesteps=100, n_train_images=64, n_eval=8, guidance_sweep=(1.0, 3.0), n_grid=4,
+            stages=stages_with(
+                base=dict(resolution=8, steps=4, batch_size=8, max_seconds=None, sample_steps=4,
+                          unet=dict(channels=8, channel_mults=(1, 2), num_res_blocks=(1, 1),
+                                    attention_resolutions=(4,), cross_attention_resolutions=(4,))),
+                sr1=dict(resolution=16, steps=4, batch_size=8, max_seconds=None, sample_steps=4,
+                         unet=dict(channels=8, channel_mults=(1, 2), cross_attention_resolutions=(8,)))),
         ),
     ),
     "cpu": Profile(
@@ -267,12 +264,17 @@ PROFILES: dict[str, Profile] = {
         clip=CLIPSettings(width=128, embed_dim=128, text_layers=3, steps=3000, batch_size=256,
                           n_train_images=20000, lr=1e-3, max_seconds=600.0),
         imagen=ImagenSettings(
-            lr=1e-3, ema_decay=0.999, n_train_images=50000, base_channels=64, base_res_blocks=(2, 2, 2),
-            base_steps=8000, base_batch=128, base_max_seconds=1200.0, sr_channels=32, sr_mults=(1, 2, 2),
-            sr_steps=4000, sr_batch=128, sr_max_seconds=600.0, n_eval=500,
-            # the Colab recipe's third stage: 32 -> 64 px (chapter 6)
-            sr2_resolution=64, sr2_channels=32, sr2_mults=(1, 2, 2, 4), sr2_cross_attention=(16, 8),
-            sr2_steps=4000, sr2_batch=64, sr2_max_seconds=900.0,
+            lr=1e-3, ema_decay=0.999, n_train_images=50000, n_eval=500,
+            stages=stages_with(
+                base=dict(steps=8000, batch_size=128, max_seconds=1200.0,
+                          unet=dict(channels=64, num_res_blocks=(2, 2, 2))),
+                sr1=dict(steps=4000, batch_size=128, max_seconds=600.0, unet=dict(channels=32, channel_mults=(1, 2, 2))),
+                # the Colab recipe's third stage: 32 -> 64 px (chapter 6)
+                sr2=dict(resolution=64, two_object_fraction=0.75, steps=4000, batch_size=64, max_seconds=900.0,
+                         guidance=1.0, sample_steps=15, threshold="static", eta=1.0, aug_max_level=0.5,
+                         aug_sample_level=0.1,
+                         unet=dict(channels=32, channel_mults=(1, 2, 2, 4), num_res_blocks=1,
+                                   attention_resolutions=(), cross_attention_resolutions=(16, 8)))),
         ),
     ),
 }

@@ -412,13 +412,15 @@ def test_relation_loss_test_tells_the_shipped_base_from_the_plain_one():
 
 
 def test_three_stage_cascade_with_sr2(encoder):
-    """``sr2_resolution`` in the settings adds a second SR stage fed by sr1; the cascade samples at its size."""
+    """An ``sr2`` entry in the settings' stages adds a second SR stage fed by sr1; the cascade samples at its size."""
     import dataclasses
 
     from imagen_edu import profiles
 
-    s = dataclasses.replace(profiles.get("ci").imagen, sr2_resolution=32, sr2_channels=8, sr2_mults=(1, 2),
-                            sr2_cross_attention=(8,), sr2_steps=2, sr2_sample_steps=2)
+    ci = profiles.get("ci").imagen
+    sr2 = {**ci.stages["sr1"], "resolution": 32, "steps": 2, "sample_steps": 2,
+           "unet": {**ci.stages["sr1"]["unet"], "cross_attention_resolutions": (8,)}}
+    s = dataclasses.replace(ci, stages={**ci.stages, "sr2": sr2})
     cfgs = im.stage_configs(s, text_dim=encoder.dim)
     assert cfgs["sr2"].lowres_resolution == cfgs["sr1"].resolution == 16 and cfgs["sr2"].resolution == 32
     assert "sr2" not in im.stage_configs(profiles.get("ci").imagen, text_dim=encoder.dim)

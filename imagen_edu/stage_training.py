@@ -1,0 +1,327 @@
+"""Training one stage of the cascade: the pool, the batches, the loss module, resuming, the files.
+
+:func:`train_stage` renders a pool of training scenes (or takes real images), encodes each
+distinct caption once with the frozen text encoder (:class:`TextCache`), and runs
+:meth:`~imagen_edu.stage.ImagenStage.training_loss` with the book's one trainer,
+:class:`imagen_edu.train.Trainer`. Every random draw of the loss (text dropout at rate
+``cond_drop_prob``, time steps, noise, augmentation level and noise) is made by
+:func:`stage_batches` from the trainer's generator, so that a resumed run draws exactly what an
+uninterrupted one would (:func:`check_resume` refuses a resume file of another config).
+
+Files: ``OUT/imagen_STAGE.safetensors`` (:func:`stage_file`, the EMA weights that ship),
+``OUT/imagen_STAGE.resume.safetensors`` and an ``imagen_STAGE`` entry in ``OUT/manifest.json``,
+written under a lock (:class:`manifest_lock`) because stages train side by side.
+
+Derived in chapter 5 (``book/05_imagen_cascade.ipynb``); the trainer in chapter 6.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoints
+from .data.shapes import ShapesDataset
+from .imagen_text import get_text_encoder
+from .stage import ImagenStage, StageConfig, save_stage
+from .train import TrainConfig, Trainer
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None
+
+__all__ = ["TextCache", "stage_file", "train_command", "manifest_lock", "StageLoss", "stage_batches",
+           "check_resume", "train_stage", "RESUME_FREE"]
+
+
+class TextCache:
+    """Encode each distinct caption once: the benchmark has only 1098 captions.
+
+    ``lookup(captions) -> (emb (B, T, D), mask (B, T))`` with ``T`` the longest caption in the cache.
+    """
+
+    def __init__(self, encoder, captions: Sequence[str] = (), chunk: int = 256):
+        self.encoder, self.chunk = encoder, chunk
+        self.index: dict[str, int] = {}
+        self.emb = self.mask = None
+        self.add(captions)
+
+    def add(self, captions: Sequence[str]) -> None:
+        new = sorted({c for c in captions if c not in self.index})
+        if not new:
+            return
+        embs, masks = [], []
+        for i in range(0, len(new), self.chunk):
+            e, m = self.encoder.encode(new[i:i + self.chunk])
+            embs.append(e.float().cpu())
+            masks.append(m.cpu())
+        T = max([e.shape[1] for e in embs] + ([self.emb.shape[1]] if self.emb is not None else []))
+
+        def pad(e, m):
+            return (torch.nn.functional.pad(e, (0, 0, 0, T - e.shape[1])),
+                    torch.nn.functional.pad(m, (0, T - m.shape[1])))
+
+        parts = [pad(e, m) for e, m in zip(embs, masks)]
+        if self.emb is not None:
+            parts.insert(0, pad(self.emb, self.mask))
+        self.emb = torch.cat([p[0] for p in parts])
+        self.mask = torch.cat([p[1] for p in parts])
+        for c in new:
+            self.index[c] = len(self.index)
+
+    def ids(self, captions: Sequence[str]) -> torch.Tensor:
+        self.add(captions)
+        return torch.tensor([self.index[c] for c in captions], dtype=torch.long)
+
+    def lookup(self, captions: Sequence[str]):
+        i = self.ids(captions)
+        return self.emb[i], self.mask[i]
+
+
+def stage_file(out_dir, stage: str) -> Path:
+    """``OUT/imagen_STAGE.safetensors``: the EMA weights used for sampling (what ships)."""
+    return Path(out_dir) / f"imagen_{stage}.safetensors"
+
+
+def _resume_file(out_dir, stage: str) -> Path:
+    return Path(out_dir) / f"imagen_{stage}.resume.safetensors"
+
+
+def train_command(stage: str, profile: str = "cpu", out_dir="data/checkpoints") -> str:
+    """The command line that trains ``stage`` into ``out_dir`` (relative to the current folder when inside it)."""
+    out = Path(out_dir)
+    if out.is_absolute():
+        try:
+            out = out.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            pass
+    return f"python -m imagen_edu train --stage {stage} --profile {profile} --out {out}"
+
+
+def _training_pool(cfg: StageConfig, progress: bool):
+    """Render ``cfg.n_train_images`` ``train`` scenes: ``(lows (N, 3, r, r) or None, highs (N, 3, R, R), captions)``."""
+    res = (cfg.lowres_resolution, cfg.resolution) if cfg.is_sr else cfg.resolution
+    ds = ShapesDataset("train", res, length=cfg.n_train_images, seed=cfg.seed,
+                       two_object_fraction=cfg.two_object_fraction)
+    lows, highs, caps = [], [], []
+    chunk = 1024
+    it = range(0, cfg.n_train_images, chunk)
+    if progress:
+        it = tqdm(it, desc=f"rendering {cfg.n_train_images} {cfg.name} training scenes", leave=False)
+    for s in it:
+        imgs, c = ds.batch(range(s, min(s + chunk, cfg.n_train_images)))
+        if cfg.is_sr:
+            lows.append(imgs[0])
+            highs.append(imgs[1])
+        else:
+            highs.append(imgs)
+        caps += c
+    return (torch.cat(lows) if lows else None), torch.cat(highs), caps
+
+
+def _check_pool(cfg: StageConfig, pool):
+    if not isinstance(pool, (tuple, list)) or len(pool) != 3:
+        raise TypeError("pool must be a tuple (lows or None, highs, captions)")
+    lows, highs, caps = pool
+    R = cfg.resolution
+    if not isinstance(highs, torch.Tensor) or highs.dim() != 4 or tuple(highs.shape[1:]) != (3, R, R):
+        raise ValueError(f"pool images must be (N, 3, {R}, {R}) for stage {cfg.name!r}, got "
+                         f"{tuple(getattr(highs, 'shape', ()))}")
+    if len(caps) != len(highs) or not all(isinstance(c, str) and c.strip() for c in caps):
+        raise ValueError(f"pool needs one non-empty caption per image: {len(highs)} images, {len(caps)} captions")
+    if cfg.is_sr:
+        r = cfg.lowres_resolution
+        if not isinstance(lows, torch.Tensor) or tuple(lows.shape) != (len(highs), 3, r, r):
+            raise ValueError(f"super-resolution stage {cfg.name!r} needs pool lows (N, 3, {r}, {r}), got "
+                             f"{tuple(getattr(lows, 'shape', ())) if lows is not None else None}")
+    elif lows is not None:
+        raise ValueError("the base stage takes no low-resolution images: pass pool=(None, highs, captions)")
+    return lows, highs.float(), list(caps)
+
+
+class manifest_lock:
+    """An exclusive lock on ``out_dir/.manifest.lock`` (POSIX ``fcntl``; a no-op where it is missing)."""
+
+    def __init__(self, out_dir):
+        self.path = Path(out_dir) / ".manifest.lock"
+        self.f = None
+
+    def __enter__(self):
+        if fcntl is None:  # pragma: no cover - Windows
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "w")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            fcntl.flock(self.f, fcntl.LOCK_UN)
+            self.f.close()
+
+
+class StageLoss(nn.Module):
+    """The loss of one stage as a module, so that :class:`imagen_edu.train.Trainer` (and DDP) can
+    wrap it: ``forward(batch) -> scalar``. The text embeddings of the pool's captions are looked
+    up here; they are plain attributes, not buffers, so they are not saved with the weights."""
+
+    def __init__(self, stage: ImagenStage, emb_table: torch.Tensor, mask_table: torch.Tensor):
+        super().__init__()
+        self.stage = stage
+        self.emb_table, self.mask_table = emb_table, mask_table
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        dev = batch["x0"].device
+        ci = batch["caption_ids"].to(self.emb_table.device)
+        emb, mask = self.emb_table[ci].to(dev), self.mask_table[ci].to(dev)
+        return self.stage.training_loss(batch["x0"], emb, mask, lowres=batch.get("lowres"), drop=batch["drop"],
+                                        t=batch["t"], noise=batch["noise"], aug_level=batch.get("aug_level"),
+                                        aug_noise=batch.get("aug_noise"))
+
+
+def stage_batches(cfg: StageConfig, highs: torch.Tensor, cap_ids: torch.Tensor, lows: torch.Tensor | None = None):
+    """``batch_fn(step, rank, world_size, generator)`` for :class:`imagen_edu.train.Trainer`: a
+    random batch of the pool with every random draw of the loss made here (text dropout, time
+    steps, noise, augmentation level and noise), from the trainer's generator, so that a resumed
+    run draws exactly what an uninterrupted one would."""
+
+    def batch_fn(step, rank, world_size, g):
+        b = cfg.batch_size // world_size
+        idx = torch.randint(0, len(highs), (b,), generator=g)
+        x0 = highs[idx]
+        out = {"x0": x0, "caption_ids": cap_ids[idx], "drop": torch.rand(b, generator=g) < cfg.cond_drop_prob,
+               "t": torch.randint(0, cfg.timesteps, (b,), generator=g),
+               "noise": torch.randn(x0.shape, generator=g, dtype=x0.dtype)}
+        if cfg.is_sr:
+            low = lows[idx]
+            out.update(lowres=low, aug_level=torch.rand(b, generator=g) * cfg.aug_max_level,
+                       aug_noise=torch.randn(low.shape, generator=g, dtype=low.dtype))
+        return out
+
+    return batch_fn
+
+
+def check_resume(cfg: StageConfig, out_dir) -> None:
+    """Before any step: ``out_dir`` must hold a resume file of this stage, trained with this config
+    (only ``steps`` and ``max_seconds`` may change). Raises ``FileNotFoundError`` or a
+    ``ValueError`` naming each differing field."""
+    if out_dir is None:
+        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file (no out_dir given)")
+    rfile = _resume_file(out_dir, cfg.name)
+    if not rfile.is_file():
+        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file {rfile} (train without "
+                                "--resume first)")
+    _, meta = checkpoints.load(rfile)
+    info = meta.get("model_info") if isinstance(meta, dict) else None
+    if not isinstance(info, dict) or "stage_config" not in info:
+        raise ValueError(f"{rfile} is not a resume file of python -m imagen_edu train (no stage_config)")
+    saved = {**cfg.to_dict(), **info["stage_config"]}
+    if saved.get("name") != cfg.name:
+        raise ValueError(f"{rfile} is a checkpoint of stage {saved.get('name')!r}, not of stage {cfg.name!r}")
+    now = cfg.to_dict()
+    saved = StageConfig.from_dict(saved).to_dict()
+    diff = [k for k in now if k not in RESUME_FREE and now[k] != saved.get(k)]
+    if diff:
+        detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {rfile}: it was trained with another config ({detail}). "
+                         "Use the same --profile, --data/--set options, or another --out folder")
+
+
+#: StageConfig fields a resumed run may change (to train a finished run for longer)
+RESUME_FREE = ("steps", "max_seconds")
+
+
+def _model_info(cfg: StageConfig) -> dict:
+    d = cfg.to_dict()
+    for k in RESUME_FREE:
+        d.pop(k, None)
+    return {"stage_config": d}
+
+
+def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool = False,
+                progress: bool = True, device=None, save_every: int = 200, command: str | None = None,
+                profile: str | None = None, log_every: int = 10, pool=None, amp: str = "auto") -> dict:
+    """Train one stage of the cascade from scratch (or resume it) with :class:`imagen_edu.train.Trainer`.
+
+    Renders a pool of ``config.n_train_images`` training scenes (at the stage's resolution, and
+    at ``lowres_resolution`` for SR stages: exact pairs), encodes each distinct caption once with
+    the frozen ``encoder`` (default ``text_encoders.get(config.text_encoder)``), then runs
+    ``config.steps`` steps of :meth:`ImagenStage.training_loss` with the book's one trainer:
+    AdamW (no weight decay), linear warm-up and cosine decay to 0.1, gradient clipping, EMA
+    weights, mixed precision on CUDA (``amp``: ``"auto"``, ``"bf16"``, ``"fp16"``, ``"off"``),
+    a stop with ``FloatingPointError`` naming the step on a non-finite loss, and a checkpoint on
+    Ctrl-C. ``pool=(lows or None, highs (N, 3, R, R) in [-1, 1], captions)`` trains on those
+    images instead of rendered shapes (real data: :mod:`imagen_edu.data.real`); ``lows`` (N, 3,
+    r, r) is required for a super-resolution stage.
+
+    With ``out_dir``: writes the full training state to ``imagen_STAGE.resume.safetensors`` every
+    ``save_every`` steps and at the end, and ``imagen_STAGE.safetensors`` (the EMA weights and
+    config, via :mod:`imagen_edu.checkpoints`) with an ``imagen_STAGE`` entry in
+    ``out_dir/manifest.json``. ``resume=True`` continues from the resume file exactly (a longer
+    ``steps`` may be given to train a finished run further).
+
+    Returns a dict: ``stage`` (the EMA :class:`ImagenStage`, eval mode), ``raw`` (the trained
+    weights), ``losses``, ``steps`` (total), ``seconds`` (training time of this call),
+    ``images_per_s`` and ``path`` (or ``None``).
+    """
+    cfg = config
+    device = torch.device(device or "cpu")
+    if encoder is None:
+        encoder = get_text_encoder(cfg.text_encoder)
+    if encoder.dim != cfg.text_dim:
+        raise ValueError(f"the text encoder gives {encoder.dim}-d embeddings but the stage expects "
+                         f"text_dim={cfg.text_dim}")
+    rfile = _resume_file(out_dir, cfg.name) if out_dir is not None else None
+    if resume:
+        check_resume(cfg, out_dir)
+    if not resume and rfile is not None and rfile.is_file():
+        rfile.unlink()  # a fresh run in this folder replaces the previous one (the CLI's documented behaviour)
+
+    lows, highs, caps = _training_pool(cfg, progress) if pool is None else _check_pool(cfg, pool)
+    cache = TextCache(encoder, caps)
+    cap_ids = cache.ids(caps)
+    torch.manual_seed(cfg.seed)
+    module = StageLoss(ImagenStage(cfg), cache.emb.to(device), cache.mask.to(device))
+    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=0.0,
+                       warmup_steps=cfg.warmup, min_lr_ratio=0.1, grad_clip=cfg.grad_clip,
+                       ema_decay=cfg.ema_decay, amp=amp,
+                       checkpoint_every=save_every if out_dir is not None else 0,
+                       out_dir=None if out_dir is None else str(out_dir), seed=cfg.seed,
+                       log_every=max(1, int(log_every)), max_seconds=cfg.max_seconds)
+    trainer = Trainer(module, lambda m, batch: m(batch), stage_batches(cfg, highs, cap_ids, lows), tcfg,
+                      resume=resume, device=device, progress=progress, model_info=_model_info(cfg),
+                      allow_changes=RESUME_FREE,
+                      **({} if rfile is None else {"checkpoint_name": rfile.name}))
+    start_step = trainer.step
+    t0 = time.perf_counter()
+    try:
+        losses = trainer.train()
+    finally:
+        trainer.close()
+    seconds = time.perf_counter() - t0
+    new = trainer.step - start_step
+    ema, raw = trainer.ema_model().stage.eval(), trainer.model.stage.eval()
+    path = None
+    if out_dir is not None:
+        metrics = {"steps": trainer.step, "train_seconds": round(seconds, 1),
+                   "images_per_s": round(new * cfg.batch_size / max(seconds, 1e-9), 1),
+                   "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5) if losses else None,
+                   "train_threads": torch.get_num_threads(), "device": str(device),
+                   "n_params": sum(p.numel() for p in raw.parameters())}
+        if trainer.resumed_from is not None:
+            metrics["resumed_from_step"] = trainer.resumed_from
+        path = save_stage(ema, stage_file(out_dir, cfg.name), train=metrics)
+        with manifest_lock(out_dir):  # stages may train side by side and finish together
+            checkpoints.register(f"imagen_{cfg.name}", path,
+                                 command=command or train_command(cfg.name, profile or "cpu", out_dir),
+                                 seed=cfg.seed, metrics=metrics, profile=profile,
+                                 manifest=Path(out_dir) / "manifest.json")
+    return {"stage": ema, "raw": raw, "losses": losses[start_step:], "steps": trainer.step, "seconds": seconds,
+            "images_per_s": new * cfg.batch_size / max(seconds, 1e-9), "path": path}
+
