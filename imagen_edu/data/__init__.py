@@ -10,6 +10,7 @@ from .captions import (  # noqa: F401
     COLOURS,
     CONVERSE,
     HELDOUT_PAIRS,
+    MIRROR,
     RELATIONS,
     SHAPES,
     ParsedCaption,
@@ -18,7 +19,10 @@ from .captions import (  # noqa: F401
     converse_caption,
     caption_corpus,
     make_caption,
+    mirror_caption,
     parse_caption,
+    read_captions,
+    read_jsonl,
 )
 
 _LAZY = {
