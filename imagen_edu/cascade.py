@@ -21,8 +21,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoints
-from .imagen_text import get_text_encoder
+from . import checkpoints, text_encoders
 from .stage import STAGES, ImagenStage, MissingCheckpointError, load_stage
 from .stage_training import stage_file, train_command
 
@@ -111,7 +110,7 @@ class ImagenCascade:
                     + ", or pass --checkpoint-dir / checkpoint_dir to a folder that holds one")
             stages.append(load_stage(f, device, verify_name=key, manifest=manifest))
         if encoder is None:
-            encoder = get_text_encoder(stages[0].config.text_encoder, device=str(device))
+            encoder = text_encoders.get(stages[0].config.text_encoder, device=str(device))
         return cls(encoder, stages)
 
     def encode(self, prompts: Sequence[str]):

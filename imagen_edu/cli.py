@@ -48,13 +48,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import configs, profiles
+from . import configs, profiles, text_encoders
 from .bench import bench_stage
 from .cascade import ImagenCascade, check_positive_int
 from .data import real
 from .embcache import EmbeddingCache, build_cache, read_captions
 from .evaluate import eval_captions, evaluate_cascade
-from .imagen_text import get_text_encoder
 from .stage_training import train_command, train_stage
 from .train import dist_info, resolve_amp
 from .unet import UNetConfig
@@ -295,7 +294,7 @@ def _train(args) -> int:
         cache = EmbeddingCache(args.text_cache)
     if args.text_encoder is not None:
         # the width of the encoder's embeddings (read from the cache: then the encoder is never loaded)
-        D = cache.dim if cache is not None else get_text_encoder(args.text_encoder).dim
+        D = cache.dim if cache is not None else text_encoders.get(args.text_encoder).dim
         cfg = cfg.replace(text_encoder=args.text_encoder, text_dim=D, unet={"cond_dim": D, "context_dim": D})
     cfg = apply_overrides(cfg, parse_overrides(args.overrides))
     # checks that need no step: world size, text cache, data (train_stage checks the resume file)
@@ -321,7 +320,7 @@ def _train(args) -> int:
     if pool is not None:
         kw["pool"] = pool
         if encoder is None:
-            encoder = get_text_encoder(cfg.text_encoder)
+            encoder = text_encoders.get(cfg.text_encoder)
         if args.text_cache is None:
             _warn_unknown_words(encoder, pool[2])
     cmd = train_command(args.stage, prof.name, args.out)
@@ -434,7 +433,7 @@ def _configs(args) -> int:
 
 def _embed(args) -> int:
     captions = read_captions(args.captions)
-    encoder = get_text_encoder(args.encoder, device=args.device)
+    encoder = text_encoders.get(args.encoder, device=args.device)
     t0 = time.perf_counter()
     cache = build_cache(encoder, captions, args.out, batch_size=args.batch_size, dtype=args.dtype,
                         overwrite=args.overwrite, progress=True)

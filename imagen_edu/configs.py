@@ -62,8 +62,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import profiles
-from .imagen_text import get_text_encoder
+from . import profiles, text_encoders
 from .stage import STAGES, ImagenStage, StageConfig
 from .unet import UNet, UNetConfig
 
@@ -195,7 +194,7 @@ def stage_configs(settings, text_dim: int | None = None) -> dict[str, StageConfi
     s = settings
     if list(s.stages) not in (list(STAGES[:2]), list(STAGES)):
         raise ValueError(f"settings.stages must be {list(STAGES[:2])} or {list(STAGES)}, got {list(s.stages)}")
-    D = get_text_encoder(s.text_encoder).dim if text_dim is None else text_dim
+    D = text_encoders.get(s.text_encoder).dim if text_dim is None else text_dim
     common = dict(text_dim=D, text_encoder=s.text_encoder, timesteps=s.timesteps, objective=s.objective, lr=s.lr,
                   ema_decay=s.ema_decay, cond_drop_prob=s.cond_drop_prob, n_train_images=s.n_train_images)
     out, previous = {}, None

@@ -52,10 +52,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torchvision.transforms.functional import gaussian_blur
 
+from . import text_encoders
 from .clip import clip_score, rerank  # CLIP-based metrics (chapter 4), re-exported: every judge in one module
 from .data.captions import COLOURS, SHAPES, converse_caption, parse_caption
 from .data.shapes import make_batch, render_batch, scene_at, single_thread
-from .imagen_text import get_text_encoder
 
 __all__ = ["DetectedObject", "attribute_accuracy", "colour_masks", "connected_components", "count_clean_objects",
            "detect_objects", "detect_objects_batch", "is_clean", "relation_holds", "selftest", "verdict", "SHAPES",
@@ -399,7 +399,7 @@ def relation_loss_test(stage, encoder=None, n: int = 256, *, seed: int = 0, bins
     cfg = stage.config
     if cfg.is_sr:
         raise ValueError("relation_loss_test takes a base stage (no lowres input)")
-    encoder = get_text_encoder(cfg.text_encoder, device=str(stage.device)) if encoder is None else encoder
+    encoder = text_encoders.get(cfg.text_encoder, device=str(stage.device)) if encoder is None else encoder
     scenes = [scene_at("train", seed, i, two_object_fraction=1.0) for i in range(n)]
     x0 = render_batch(scenes, cfg.resolution).to(stage.device)
     caps = [s.caption for s in scenes]

@@ -37,10 +37,11 @@ from .configs import stage_config, stage_configs
 from .data.captions import converse_caption
 from .evaluate import eval_captions, evaluate_cascade, relation_loss_test
 from .guidance import GuidedDenoiser, guide, masked_mean
-from .imagen_text import CanonicalCaptions, LMWordsAndStates, get_text_encoder
 from .noise_augmentation import aug_alpha_bar, augment_lowres
 from .stage import STAGES, ImagenStage, MissingCheckpointError, StageConfig, load_stage, save_stage
-from .stage_training import TextCache, stage_file, train_command, train_stage
+from .embcache import TextCache
+from .stage_training import stage_file, train_command, train_stage
+from .text_encoders import CanonicalCaptions, LMWordsAndStates, get_text_encoder
 from .thresholding import dynamic_threshold, static_threshold
 
 __all__ = [

@@ -1,8 +1,8 @@
 """Training one stage of the cascade: the pool, the batches, the loss module, resuming, the files.
 
 :func:`train_stage` renders a pool of training scenes (or takes real images), encodes each
-distinct caption once with the frozen text encoder (:class:`TextCache`), and runs
-:meth:`~imagen_edu.stage.ImagenStage.training_loss` with the book's one trainer,
+distinct caption once with the frozen text encoder (:class:`~imagen_edu.embcache.TextCache`),
+and runs :meth:`~imagen_edu.stage.ImagenStage.training_loss` with the book's one trainer,
 :class:`imagen_edu.train.Trainer`. Every random draw of the loss (text dropout at rate
 ``cond_drop_prob``, time steps, noise, augmentation level and noise) is made by
 :func:`stage_batches` from the trainer's generator, so that a resumed run draws exactly what an
@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoints
+from . import checkpoints, text_encoders
 from .data.shapes import ShapesDataset
-from .imagen_text import get_text_encoder
+from .embcache import TextCache
 from .stage import ImagenStage, StageConfig, save_stage
 from .train import TrainConfig, Trainer
 
@@ -36,52 +35,8 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock
     fcntl = None
 
-__all__ = ["TextCache", "stage_file", "train_command", "manifest_lock", "StageLoss", "stage_batches",
+__all__ = ["stage_file", "train_command", "manifest_lock", "StageLoss", "stage_batches",
            "check_resume", "train_stage", "RESUME_FREE"]
-
-
-class TextCache:
-    """Encode each distinct caption once: the benchmark has only 1098 captions.
-
-    ``lookup(captions) -> (emb (B, T, D), mask (B, T))`` with ``T`` the longest caption in the cache.
-    """
-
-    def __init__(self, encoder, captions: Sequence[str] = (), chunk: int = 256):
-        self.encoder, self.chunk = encoder, chunk
-        self.index: dict[str, int] = {}
-        self.emb = self.mask = None
-        self.add(captions)
-
-    def add(self, captions: Sequence[str]) -> None:
-        new = sorted({c for c in captions if c not in self.index})
-        if not new:
-            return
-        embs, masks = [], []
-        for i in range(0, len(new), self.chunk):
-            e, m = self.encoder.encode(new[i:i + self.chunk])
-            embs.append(e.float().cpu())
-            masks.append(m.cpu())
-        T = max([e.shape[1] for e in embs] + ([self.emb.shape[1]] if self.emb is not None else []))
-
-        def pad(e, m):
-            return (torch.nn.functional.pad(e, (0, 0, 0, T - e.shape[1])),
-                    torch.nn.functional.pad(m, (0, T - m.shape[1])))
-
-        parts = [pad(e, m) for e, m in zip(embs, masks)]
-        if self.emb is not None:
-            parts.insert(0, pad(self.emb, self.mask))
-        self.emb = torch.cat([p[0] for p in parts])
-        self.mask = torch.cat([p[1] for p in parts])
-        for c in new:
-            self.index[c] = len(self.index)
-
-    def ids(self, captions: Sequence[str]) -> torch.Tensor:
-        self.add(captions)
-        return torch.tensor([self.index[c] for c in captions], dtype=torch.long)
-
-    def lookup(self, captions: Sequence[str]):
-        i = self.ids(captions)
-        return self.emb[i], self.mask[i]
 
 
 def stage_file(out_dir, stage: str) -> Path:
@@ -273,7 +228,7 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
     cfg = config
     device = torch.device(device or "cpu")
     if encoder is None:
-        encoder = get_text_encoder(cfg.text_encoder)
+        encoder = text_encoders.get(cfg.text_encoder)
     if encoder.dim != cfg.text_dim:
         raise ValueError(f"the text encoder gives {encoder.dim}-d embeddings but the stage expects "
                          f"text_dim={cfg.text_dim}")

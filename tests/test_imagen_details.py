@@ -10,7 +10,7 @@ from imagen_edu import configs, stage as stage_mod
 from imagen_edu.cascade import ImagenCascade
 from imagen_edu.diffusion import GaussianDiffusion
 from imagen_edu.guidance import GuidedDenoiser, guide, masked_mean
-from imagen_edu.imagen_text import get_text_encoder
+from imagen_edu.text_encoders import get as get_text_encoder
 from imagen_edu.noise_augmentation import aug_alpha_bar, augment_lowres
 from imagen_edu.stage import ImagenStage
 from imagen_edu.stage_training import StageLoss, stage_batches
