@@ -6,12 +6,19 @@ Derived in chapter 1 (``book/01_attention.ipynb``), following Vaswani et al. (20
   ``Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V``;
 * multi-head attention: ``h`` attention heads on learned projections, concatenated and
   projected back (Section 3.2.2);
-* sinusoidal positional encodings (Section 3.5);
+* sinusoidal positional encodings (Section 3.5), one function for positions here and for the
+  U-Net's timestep embedding (chapters 3 and 5);
 * a *pre-norm* Transformer block (LayerNorm before each sub-layer, as in GPT-2 and T5),
   with optional cross-attention: queries from the sequence being processed, keys and values
   from another one. This is how Imagen's U-Net reads the text encoder's output.
 
 Masks are boolean and **True means "may attend"** everywhere in this package.
+
+Two paths compute attention, with the same maths: the explicit ``softmax(Q K^T / sqrt(d)) V``
+that the chapter derives (it returns the weights, for the heatmaps), and, when nobody asks for the
+weights, PyTorch's fused ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels
+on a GPU, which never store the ``(Tq, Tk)`` matrix), as nanoGPT's ``flash`` flag does.
+``tests/test_attention.py`` checks the two against each other.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from einops import rearrange
 from torch import nn
 
 __all__ = [
+    "FLASH",
     "MaskError",
     "scaled_dot_product_attention",
     "causal_mask",
+    "sinusoidal_embedding",
     "sinusoidal_positions",
     "LearnedPositions",
     "MultiHeadAttention",
@@ -34,6 +43,11 @@ __all__ = [
     "TransformerBlock",
     "Transformer",
 ]
+
+
+#: nanoGPT's ``flash`` flag: torch >= 2.0 has the fused attention kernel. The default of every
+#: :class:`MultiHeadAttention`'s ``flash`` attribute.
+FLASH = hasattr(F, "scaled_dot_product_attention")
 
 
 class MaskError(ValueError, TypeError):
@@ -55,8 +69,34 @@ def _check_mask(mask: torch.Tensor, target: tuple[int, ...], what: str) -> None:
                         f"{tuple(target)}; expected a shape broadcastable to (..., Tq, Tk)")
 
 
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions (..., T, d), got shape {tuple(t.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share their last (head) dimension d: got q {tuple(q.shape)} "
+                         f"and k {tuple(k.shape)}, expected q (..., Tq, d) and k (..., Tk, d)")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must have the same number of keys Tk: got k {tuple(k.shape)} "
+                         f"and v {tuple(v.shape)}, expected k (..., Tk, d) and v (..., Tk, dv)")
+
+
+def _fused_attention(q, k, v, mask, dropout_p: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` with this module's rule for a query that may attend to
+    no key: a zero output (the mask is opened for that row, so no backend makes NaNs, then the
+    row is zeroed). Same maths as the explicit path of :func:`scaled_dot_product_attention`."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    any_key = mask.any(dim=-1, keepdim=True)  # (..., Tq, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~any_key, dropout_p=dropout_p)
+    return out.masked_fill(~any_key, 0.0)
+
+
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                 mask: torch.Tensor | None = None):
+                                 mask: torch.Tensor | None = None, *, need_weights: bool = True,
+                                 dropout_p: float = 0.0):
     """Scaled dot-product attention, Eq. (1) of Vaswani et al.
 
     Derived in chapter 1, Eq. (ch1-eq-sdpa); the mask is Eq. (ch1-eq-mask), the scale 1/sqrt(d)
@@ -69,32 +109,32 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         mask: optional boolean tensor broadcastable to ``(..., Tq, Tk)``; True means the query
             may attend to that key. A query whose keys are all masked gets zero weights and a
             zero output (instead of the NaNs a plain softmax over ``-inf`` would give).
+        need_weights: True (default) computes the weights explicitly, as below, and returns them;
+            False hands the same computation to torch's fused kernel and returns ``None`` for them.
+        dropout_p: dropout on the weights (training only; pass 0 in eval).
 
     Returns:
         ``(output, weights)``: ``output`` is ``(..., Tq, dv)`` and ``weights`` ``(..., Tq, Tk)``,
-        each row of ``weights`` summing to 1 (or 0 for a fully masked query).
+        each row of ``weights`` summing to 1 (or 0 for a fully masked query); ``None`` when
+        ``need_weights`` is False.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() < 2:
-            raise ValueError(f"{name} must have at least 2 dimensions (..., T, d), got shape {tuple(t.shape)}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share their last (head) dimension d: got q {tuple(q.shape)} "
-                         f"and k {tuple(k.shape)}, expected q (..., Tq, d) and k (..., Tk, d)")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v must have the same number of keys Tk: got k {tuple(k.shape)} "
-                         f"and v {tuple(v.shape)}, expected k (..., Tk, d) and v (..., Tk, dv)")
+    _check_qkv(q, k, v)
+    if mask is not None:
+        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+        _check_mask(mask, (*batch, q.shape[-2], k.shape[-2]), "mask")
+    if not need_weights and FLASH:
+        return _fused_attention(q, k, v, mask, dropout_p), None
     d = q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (..., Tq, Tk)
     if mask is not None:
-        _check_mask(mask, tuple(scores.shape), "mask")
         scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=-1)
         # rows with no allowed key: softmax(-inf, ..., -inf) is NaN; define them as zero
         weights = torch.nan_to_num(weights, nan=0.0)
     else:
         weights = torch.softmax(scores, dim=-1)
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
     return weights @ v, weights
 
 
@@ -105,25 +145,46 @@ def causal_mask(t: int, device=None) -> torch.Tensor:
     return torch.ones(t, t, dtype=torch.bool, device=device).tril()
 
 
+def sinusoidal_embedding(x: torch.Tensor, d: int, base: float = 10000.0, *,
+                         interleave: bool = True) -> torch.Tensor:
+    """Sinusoids of positions or timesteps ``x (N,)`` (ints or floats) -> ``(N, d)`` float32.
+
+    Eq. (ch1-eq-sinusoid): the angles are ``x * w_i`` with ``w_i = base^(-2i/d)``,
+    ``i = 0 .. d/2 - 1`` (computed as ``exp(-ln(base) * i / (d/2))``, as DDPM and diffusers do).
+
+    * ``interleave=True``: ``[sin(x w_0), cos(x w_0), sin(x w_1), cos(x w_1), ...]``, the
+      Transformer's layout (:func:`sinusoidal_positions`, chapter 1);
+    * ``interleave=False``: ``[cos(x w_0), ..., cos(x w_{d/2-1}), sin(x w_0), ...]``, the
+      DDPM / ADM timestep layout (:func:`imagen_edu.unet.timestep_embedding`, chapter 3; diffusers'
+      ``get_timestep_embedding`` with ``flip_sin_to_cos=True, downscale_freq_shift=0``).
+
+    The two layouts are one permutation of the same features; it matters only to trained weights
+    that read them (the U-Net checkpoints read the second).
+    """
+    if not isinstance(d, int) or d < 2 or d % 2:
+        raise ValueError(f"sinusoidal embeddings need an even int dimension d >= 2, got {d!r}")
+    half = d // 2
+    freqs = torch.exp(-math.log(base) * torch.arange(half, dtype=torch.float32, device=x.device) / half)
+    angles = x.float()[:, None] * freqs[None]  # (N, d/2)
+    if interleave:
+        return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
 def sinusoidal_positions(t: int, d: int, base: float = 10000.0) -> torch.Tensor:
     """Sinusoidal positional encodings ``(t, d)`` (Vaswani et al., Section 3.5).
 
     Derived in chapter 1, Eq. (ch1-eq-sinusoid); dot products depend only on the offset,
     Eq. (ch1-eq-offset).
 
-    ``PE[pos, 2i] = sin(pos / base^(2i/d))`` and ``PE[pos, 2i+1] = cos(pos / base^(2i/d))``.
+    ``PE[pos, 2i] = sin(pos / base^(2i/d))`` and ``PE[pos, 2i+1] = cos(pos / base^(2i/d))``:
+    :func:`sinusoidal_embedding` of the positions ``0 .. t-1``.
     """
     if not isinstance(t, int) or t < 1:
         raise ValueError(f"sinusoidal_positions needs a positive int length t, got {t!r}")
     if not isinstance(d, int) or d < 2 or d % 2:
         raise ValueError(f"sinusoidal_positions needs an even int dimension d >= 2, got {d!r}")
-    pos = torch.arange(t, dtype=torch.float32)[:, None]            # (t, 1)
-    freq = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
-    angles = pos * freq                                             # (t, d/2)
-    pe = torch.empty(t, d)
-    pe[:, 0::2] = torch.sin(angles)
-    pe[:, 1::2] = torch.cos(angles)
-    return pe
+    return sinusoidal_embedding(torch.arange(t), d, base)
 
 
 class LearnedPositions(nn.Module):
@@ -156,6 +217,9 @@ class MultiHeadAttention(nn.Module):
         d_context: width of the context for cross-attention (default ``d_model``).
         bias: whether the projections have biases.
         dropout: dropout on the attention weights during training.
+
+    ``self.flash`` (default :data:`FLASH`) lets calls that do not ask for the weights use torch's
+    fused kernel; set it False to force the explicit path (the golden tests compare both).
     """
 
     def __init__(self, d_model: int, n_heads: int, d_context: int | None = None,
@@ -168,16 +232,16 @@ class MultiHeadAttention(nn.Module):
                              f"each head needs d_model / n_heads dimensions")
         d_context = d_model if d_context is None else d_context
         self.d_model, self.n_heads, self.d_context = d_model, n_heads, d_context
-        self.d_head = d_model // n_heads
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_context, d_model, bias=bias)
         self.v_proj = nn.Linear(d_context, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
+        self.flash = FLASH
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
-                causal: bool = False):
+                causal: bool = False, need_weights: bool = True):
         """Attend from ``x`` to itself (or to ``context``).
 
         Args:
@@ -188,9 +252,11 @@ class MultiHeadAttention(nn.Module):
             key_mask: boolean ``(B, Tk)``: False marks padding keys nobody may attend to
                 (a text mask, for instance).
             causal: also forbid attending to later positions (self-attention only).
+            need_weights: return the weights (explicit path); False returns ``None`` for them
+                and, with ``self.flash``, runs the fused kernel.
 
         Returns:
-            ``(output (B, Tq, d_model), weights (B, n_heads, Tq, Tk))``.
+            ``(output (B, Tq, d_model), weights (B, n_heads, Tq, Tk) or None)``.
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be (B, Tq, d_model={self.d_model}), got {tuple(x.shape)}")
@@ -225,12 +291,10 @@ class MultiHeadAttention(nn.Module):
             cm = causal_mask(tq, device=x.device)
             full = cm if full is None else full & cm
 
-        out, weights = scaled_dot_product_attention(q, k, v, full)
-        if self.training and self.dropout > 0:
-            weights = F.dropout(weights, self.dropout)
-            out = weights @ v
+        out, weights = scaled_dot_product_attention(q, k, v, full, need_weights=need_weights or not self.flash,
+                                                    dropout_p=self.dropout if self.training else 0.0)
         out = rearrange(out, "b h t d -> b t (h d)")
-        return self.out_proj(out), weights
+        return self.out_proj(out), (weights if need_weights else None)
 
 
 class FeedForward(nn.Module):
@@ -254,8 +318,9 @@ class TransformerBlock(nn.Module):
 
     ``x = x + SelfAttn(LN(x)); [x = x + CrossAttn(LN(x), context)]; x = x + MLP(LN(x))``.
 
-    The attention weights of the last call are kept in ``self.last_weights`` (a dict with
-    ``"self"`` and, with cross-attention, ``"cross"``) for the book's heatmaps.
+    With ``self.keep_weights = True`` the attention weights of the last call are kept in
+    ``self.last_weights`` (a dict with ``"self"`` and, with cross-attention, ``"cross"``) for the
+    book's heatmaps; by default (False) nothing is kept and attention runs on the fused kernel.
     """
 
     def __init__(self, d_model: int, n_heads: int, mlp_mult: int = 4, dropout: float = 0.0,
@@ -269,6 +334,7 @@ class TransformerBlock(nn.Module):
             self.cross = MultiHeadAttention(d_model, n_heads, d_context=d_context, dropout=dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = FeedForward(d_model, mlp_mult, dropout)
+        self.keep_weights = False
         self.last_weights: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
@@ -280,14 +346,16 @@ class TransformerBlock(nn.Module):
         ``mask``/``key_mask``/``causal`` restrict self-attention; ``context (B, Tc, d_context)``
         with ``context_mask (B, Tc)`` feed cross-attention (required iff the block has it).
         """
-        h, w = self.attn(self.norm1(x), mask=mask, key_mask=key_mask, causal=causal)
-        self.last_weights = {"self": w.detach()}
+        keep = self.keep_weights
+        h, w = self.attn(self.norm1(x), mask=mask, key_mask=key_mask, causal=causal, need_weights=keep)
+        self.last_weights = {"self": w.detach()} if keep else {}
         x = x + h
         if self.cross is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass context (B, Tc, d_context)")
-            h, w = self.cross(self.norm_cross(x), context, key_mask=context_mask)
-            self.last_weights["cross"] = w.detach()
+            h, w = self.cross(self.norm_cross(x), context, key_mask=context_mask, need_weights=keep)
+            if keep:
+                self.last_weights["cross"] = w.detach()
             x = x + h
         elif context is not None:
             raise ValueError("this block has no cross-attention; build it with cross_attention=True")

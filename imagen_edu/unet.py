@@ -20,7 +20,6 @@ Derived in chapter 3 (unconditional) and chapter 5 (conditioning).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,17 +28,27 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .attention import MultiHeadAttention
+from . import checkpoints
+from .attention import MultiHeadAttention, sinusoidal_embedding, sinusoidal_positions
 
-__all__ = ["UNetConfig", "UNet", "timestep_embedding", "ResBlock", "SpatialAttention",
-           "save_unet", "load_unet"]
+__all__ = ["UNetConfig", "UNet", "timestep_embedding", "heads_and_groups", "NOISE_LEVEL_SCALE", "ResBlock",
+           "SpatialAttention", "save_unet", "load_unet"]
+
+#: The noise-conditioning augmentation level ``s`` in [0, 1] is embedded as the timestep
+#: ``NOISE_LEVEL_SCALE * s`` (chapter 5), so its sinusoids turn at the same speeds as those of a
+#: 1000-step schedule's ``t``.
+NOISE_LEVEL_SCALE = 1000.0
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding ``(B, dim)`` of timesteps ``t (B,)`` (ints or floats).
+    """Sinusoidal embedding ``(B, dim)`` of timesteps ``t (B,)`` (ints or floats), chapter 3.
 
-    The Transformer's positional encoding (chapter 1) applied to the step number:
+    The Transformer's positional encoding (chapter 1, Eq. ch1-eq-sinusoid) applied to the step
+    number: :func:`imagen_edu.attention.sinusoidal_embedding` in the DDPM layout
     ``[cos(t w_0), ..., cos(t w_{d/2-1}), sin(t w_0), ...]`` with ``w_i = max_period^(-2i/d)``.
+    By design the cosines come first and are not interleaved with the sines, as in DDPM and
+    diffusers' ``get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)``
+    (the shipped U-Nets' time MLPs read this order).
     """
     if not isinstance(t, torch.Tensor):
         t = torch.as_tensor(t)
@@ -49,10 +58,16 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
         raise ValueError(f"t must be (B,), got shape {tuple(t.shape)}")
     if not isinstance(dim, int) or dim < 2 or dim % 2:
         raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return sinusoidal_embedding(t, dim, max_period, interleave=False)
+
+
+def heads_and_groups(width: int) -> tuple[int, int]:
+    """The attention heads and GroupNorm groups of a U-Net of base width ``width``: 4 heads when
+    ``width`` is a multiple of 4, else 1; ``min(8, width)`` groups. The default of
+    :class:`UNetConfig` (4 and 8 at its default width 32)."""
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive int, got {width!r}")
+    return (4 if width % 4 == 0 else 1), min(8, width)
 
 
 @dataclass
@@ -68,9 +83,9 @@ class UNetConfig:
         num_res_blocks: ResBlocks per level: an int, or one int per level (Imagen puts more at
             low resolution).
         attention_resolutions: resolutions (feature-map sides) with self-attention.
-        num_heads: attention heads.
+        num_heads: attention heads (default: :func:`heads_and_groups` of ``channels``).
         dropout: dropout inside ResBlocks.
-        groups: GroupNorm groups (must divide every width).
+        groups: GroupNorm groups, must divide every width (default: :func:`heads_and_groups`).
         scale_shift: time embedding as FiLM ``h * (1 + scale) + shift`` (True) or added (False).
         cond_dim: width of an optional pooled conditioning vector (chapter 5).
         context_dim: width of optional text tokens for cross-attention (chapter 5).
@@ -89,9 +104,9 @@ class UNetConfig:
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int | tuple[int, ...] = 1
     attention_resolutions: tuple[int, ...] = (8,)
-    num_heads: int = 4
+    num_heads: int | None = None
     dropout: float = 0.0
-    groups: int = 8
+    groups: int | None = None
     scale_shift: bool = True
     cond_dim: int | None = None
     context_dim: int | None = None
@@ -100,6 +115,10 @@ class UNetConfig:
     context_positions: int = 0
 
     def __post_init__(self):
+        if self.num_heads is None or self.groups is None:
+            heads, groups = heads_and_groups(self.channels)
+            self.num_heads = heads if self.num_heads is None else self.num_heads
+            self.groups = groups if self.groups is None else self.groups
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
         if self.cross_attention_resolutions is not None:
@@ -171,7 +190,12 @@ class ResBlock(nn.Module):
 class SpatialAttention(nn.Module):
     """Self-attention over the ``H*W`` positions (or cross-attention to a context), residual.
 
-    Built on :class:`imagen_edu.attention.MultiHeadAttention` (chapter 1).
+    ``x + Attn(GroupNorm(x))``; for cross-attention the text tokens pass a LayerNorm before they
+    become keys and values (Saharia et al. 2022 found Layer Normalization of the text embeddings in
+    the attention layers helped considerably; chapter 5).
+    Built on :class:`imagen_edu.attention.MultiHeadAttention` (chapter 1). With
+    ``keep_weights = True`` the last weights ``(B, heads, H*W, Tk)`` are kept in
+    ``last_weights``; by default attention runs on the fused kernel and keeps none.
     """
 
     def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int | None = None):
@@ -180,6 +204,7 @@ class SpatialAttention(nn.Module):
         self.norm = nn.GroupNorm(groups, channels)
         self.attn = MultiHeadAttention(channels, num_heads, d_context=context_dim)
         self.context_norm = nn.LayerNorm(context_dim) if self.is_cross else None
+        self.keep_weights = False
         self.last_weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
@@ -187,11 +212,12 @@ class SpatialAttention(nn.Module):
         """``x (B, C, H, W)`` [``context (B, L, D)``, ``context_mask (B, L)``] -> ``(B, C, H, W)``."""
         _, _, h, w = x.shape
         q = rearrange(self.norm(x), "b c h w -> b (h w) c")
+        keep = self.keep_weights
         if self.is_cross:
-            out, weights = self.attn(q, self.context_norm(context), key_mask=context_mask)
+            out, weights = self.attn(q, self.context_norm(context), key_mask=context_mask, need_weights=keep)
         else:
-            out, weights = self.attn(q)
-        self.last_weights = weights.detach()
+            out, weights = self.attn(q, need_weights=keep)
+        self.last_weights = weights.detach() if keep else None
         return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
 
 
@@ -250,8 +276,6 @@ class UNet(nn.Module):
         self.cond_proj = nn.Linear(c.cond_dim, emb_dim) if c.cond_dim else None
         self.context_pos = None
         if c.context_positions:
-            from .attention import sinusoidal_positions
-
             self.context_pos = nn.Parameter(sinusoidal_positions(c.context_positions, c.context_dim))
         self.noise_level_mlp = (nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
                                 if c.lowres_channels else None)
@@ -362,7 +386,8 @@ class UNet(nn.Module):
                 lowres_noise_level = lowres_noise_level.expand(b)
             if lowres_noise_level.shape != (b,):
                 raise ValueError(f"lowres_noise_level must be (B,) = ({b},), got {tuple(lowres_noise_level.shape)}")
-            emb = emb + self.noise_level_mlp(timestep_embedding(lowres_noise_level * 1000.0, c.channels))
+            emb = emb + self.noise_level_mlp(timestep_embedding(lowres_noise_level * NOISE_LEVEL_SCALE,
+                                                                         c.channels))
         elif lowres is not None:
             raise ValueError("this UNet has no lowres input: build it with UNetConfig(lowres_channels=...)")
 
@@ -387,16 +412,12 @@ class UNet(nn.Module):
 def save_unet(model: UNet, path, extra: dict | None = None) -> Path:
     """Write ``model``'s weights and config to ``path`` (safetensors, atomically: see
     :func:`imagen_edu.checkpoints.save`). ``extra`` is any JSON-ready dict stored beside them."""
-    from . import checkpoints
-
     return checkpoints.save(path, model.state_dict(),
                             {"unet_config": asdict(model.config), "extra": extra or {}})
 
 
 def load_unet(path, device="cpu") -> tuple[UNet, dict]:
     """Load a :func:`save_unet` file: returns ``(model in eval mode, extra dict)``."""
-    from . import checkpoints
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")

@@ -195,6 +195,7 @@ def test_cross_attention_padding_tokens_change_nothing():
     """Text padding masked out: the values at padded positions cannot influence the output."""
     torch.manual_seed(4)
     block = A.TransformerBlock(16, 2, cross_attention=True, d_context=8).eval()
+    block.keep_weights = True
     x, ctx = torch.randn(2, 5, 16), torch.randn(2, 6, 8)
     keep = torch.ones(2, 6, dtype=torch.bool)
     keep[:, 4:] = False
@@ -305,6 +306,26 @@ def test_sinusoidal_dot_products_depend_only_on_offset():
     torch.testing.assert_close(pe.norm(dim=1), torch.full((64,), 4.0, dtype=torch.float64), atol=1e-5, rtol=0)
 
 
+def test_sinusoidal_embedding_is_one_function_in_two_layouts():
+    """Eq. (ch1-eq-sinusoid) once: the positions are its interleaved layout [sin, cos, sin, ...],
+    the U-Net's timestep embedding its DDPM layout [cos ..., sin ...] (chapter 3); the same features
+    permuted, at any (also fractional) position."""
+    from imagen_edu.unet import timestep_embedding
+
+    x = torch.tensor([0.0, 1.0, 2.5, 7.0, 999.0])
+    inter = A.sinusoidal_embedding(x, 12)
+    halves = A.sinusoidal_embedding(x, 12, interleave=False)
+    torch.testing.assert_close(halves, torch.cat([inter[:, 1::2], inter[:, 0::2]], dim=1))
+    torch.testing.assert_close(A.sinusoidal_positions(6, 12), A.sinusoidal_embedding(torch.arange(6), 12))
+    torch.testing.assert_close(timestep_embedding(x, 12), halves)
+    for i in range(6):
+        angle = 2.5 / 10000 ** (2 * i / 12)
+        assert abs(inter[2, 2 * i].item() - math.sin(angle)) < 1e-5
+        assert abs(inter[2, 2 * i + 1].item() - math.cos(angle)) < 1e-5
+    with pytest.raises(ValueError, match="even int"):
+        A.sinusoidal_embedding(x, 5)
+
+
 def test_sinusoidal_positions_bad_input():
     with pytest.raises(ValueError, match="even int dimension"):
         A.sinusoidal_positions(4, 7)
@@ -335,11 +356,54 @@ def test_transformer_block_is_pre_norm_residual():
     torch.testing.assert_close(block(x), x)
 
 
+def _encoder_layer_twin(block: A.TransformerBlock) -> nn.TransformerEncoderLayer:
+    """torch's pre-norm encoder layer with our block's weights (GELU, batch first, no dropout)."""
+    d = block.norm1.normalized_shape[0]
+    ref = nn.TransformerEncoderLayer(d, block.attn.n_heads, dim_feedforward=block.mlp.net[0].out_features,
+                                     dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(torch.cat([block.attn.q_proj.weight, block.attn.k_proj.weight,
+                                                      block.attn.v_proj.weight]))
+        ref.self_attn.in_proj_bias.copy_(torch.cat([block.attn.q_proj.bias, block.attn.k_proj.bias,
+                                                    block.attn.v_proj.bias]))
+        ref.self_attn.out_proj.load_state_dict(block.attn.out_proj.state_dict())
+        ref.linear1.load_state_dict(block.mlp.net[0].state_dict())
+        ref.linear2.load_state_dict(block.mlp.net[2].state_dict())
+        ref.norm1.load_state_dict(block.norm1.state_dict())
+        ref.norm2.load_state_dict(block.norm2.state_dict())
+    return ref.eval()
+
+
+def test_transformer_block_matches_torch_pre_norm_encoder_layer():
+    """Eq. (ch1-eq-prenorm): x + MHA(LN(x)), then x + MLP(LN(x)) with a GELU MLP equals
+    ``nn.TransformerEncoderLayer(norm_first=True)`` with the same weights: plain, with a key
+    padding mask and causal, on the explicit and the fused attention paths."""
+    torch.manual_seed(12)
+    block = A.TransformerBlock(16, 4, mlp_mult=3).eval()
+    with torch.no_grad():  # non-trivial LayerNorm parameters, so that swapping them would show
+        for ln in (block.norm1, block.norm2):
+            ln.weight.normal_(1.0, 0.2)
+            ln.bias.normal_(0.0, 0.2)
+    ref = _encoder_layer_twin(block)
+    x = torch.randn(3, 6, 16)
+    keep = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3], dtype=torch.bool)
+    for keep_weights in (True, False):
+        block.keep_weights = keep_weights
+        torch.testing.assert_close(block(x), ref(x), **TOL)
+        torch.testing.assert_close(block(x, key_mask=keep), ref(x, src_key_padding_mask=~keep), **TOL)
+        torch.testing.assert_close(block(x, causal=True), ref(x, src_mask=~A.causal_mask(6)), **TOL)
+    # the reference can fail: post-norm (norm_first=False) is another function
+    post = nn.TransformerEncoderLayer(16, 4, 48, dropout=0.0, activation="gelu", batch_first=True).eval()
+    post.load_state_dict(ref.state_dict())
+    assert not torch.allclose(block(x), post(x), atol=1e-3)
+
+
 def test_transformer_block_context_rules_and_weights():
     block = A.TransformerBlock(8, 2)
     with pytest.raises(ValueError, match="no cross-attention"):
         block(torch.randn(1, 3, 8), context=torch.randn(1, 2, 8))
     cross = A.TransformerBlock(8, 2, cross_attention=True, d_context=6)
+    cross.keep_weights = True
     with pytest.raises(ValueError, match="pass context"):
         cross(torch.randn(1, 3, 8))
     out = cross(torch.randn(1, 3, 8), context=torch.randn(1, 5, 6))

@@ -1,11 +1,15 @@
-"""Tests for imagen_edu.unet: shapes, zero-initialised output, conditioning paths, errors."""
+"""Tests for imagen_edu.unet: shapes, zero-initialised output, conditioning paths, errors, the
+timestep embedding against diffusers, and the fused attention path against the explicit one on
+random and shipped U-Nets. Per-detail tests are in ``test_unet_details.py``."""
 
 import math
 
 import pytest
 import torch
 
-from imagen_edu.unet import UNet, UNetConfig, load_unet, save_unet, timestep_embedding
+from imagen_edu import checkpoints
+from imagen_edu.attention import MultiHeadAttention
+from imagen_edu.unet import SpatialAttention, UNet, UNetConfig, load_unet, save_unet, timestep_embedding
 
 
 # small tensors: one intra-op thread is faster (and steadier on a shared machine)
@@ -30,6 +34,75 @@ def test_timestep_embedding():
     assert math.isclose(e[1, 8].item(), math.sin(1.0), rel_tol=1e-6)
     with pytest.raises(ValueError, match="even"):
         timestep_embedding(torch.tensor([1]), 7)
+
+
+def test_timestep_embedding_matches_diffusers():
+    """Golden: our DDPM timestep embedding is diffusers' ``get_timestep_embedding`` with
+    ``flip_sin_to_cos=True`` (cosines first) and ``downscale_freq_shift=0`` (w_i = 10000^(-i/(d/2))),
+    for integer steps and for the fractional noise levels (1000 s) of chapter 5."""
+    emb = pytest.importorskip("diffusers.models.embeddings")
+    for t in (torch.tensor([0, 1, 17, 500, 999]), torch.tensor([0.0, 12.5, 370.0, 1000.0])):
+        for dim in (2, 8, 32, 128):
+            ref = emb.get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+            torch.testing.assert_close(timestep_embedding(t, dim), ref, atol=1e-6, rtol=1e-6)
+    # diffusers' default (sines first, shift 1) is a different embedding: the golden can fail
+    t = torch.tensor([3, 400])
+    assert not torch.allclose(timestep_embedding(t, 16), emb.get_timestep_embedding(t, 16), atol=1e-3)
+
+
+def set_flash(model, on: bool):
+    """Switch every attention layer of ``model`` between torch's fused kernel and the explicit path."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, MultiHeadAttention):
+            mod.flash, n = on, n + 1
+    assert n, "the model has no attention layer"
+
+
+def test_unet_fused_attention_equals_explicit_path():
+    """A U-Net with self- and cross-attention (text mask with padding, and a caption with no real
+    token) gives the same output through torch's fused attention and the explicit softmax path."""
+    torch.manual_seed(0)
+    m = randomise_output(UNet(UNetConfig(**SMALL, cond_dim=6, context_dim=12, cross_attention_resolutions=(8, 16),
+                                         context_positions=5))).eval()
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([3, 400, 999])
+    ctx, cond = torch.randn(3, 5, 12), torch.randn(3, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    outs = []
+    for on in (True, False):
+        set_flash(m, on)
+        with torch.no_grad():
+            outs.append(m(x, t, cond=cond, context=ctx, context_mask=mask))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    assert outs[0].abs().max() > 1e-2  # a real output, not the zero-initialised one
+
+
+@pytest.mark.parametrize("name", ["imagen_base", "imagen_sr1"])
+def test_shipped_unets_give_the_same_output_on_both_attention_paths(name):
+    """The shipped stages load with their state-dict keys unchanged, keep no attention weights by
+    default (so they run the fused kernel), and give the explicit path's output to 1e-5."""
+    imagen = pytest.importorskip("imagen_edu.imagen")
+    path = checkpoints.checkpoint_dir() / f"{name}.safetensors"
+    if not path.is_file():
+        pytest.skip(f"no shipped checkpoint {path}")
+    tensors, _ = checkpoints.load(path)
+    stage = imagen.load_stage(path)
+    assert set(stage.state_dict()) == set(tensors)
+    unet, c = stage.unet, stage.unet.config
+    assert not any(mod.keep_weights for mod in unet.modules() if isinstance(mod, SpatialAttention))
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, c.image_size, c.image_size, generator=g), torch.tensor([10, 700])
+    kw = dict(cond=torch.randn(2, c.cond_dim, generator=g), context=torch.randn(2, 6, c.context_dim, generator=g),
+              context_mask=torch.tensor([[1] * 6, [1] * 2 + [0] * 4], dtype=torch.bool))
+    if c.lowres_channels:
+        kw.update(lowres=torch.rand(2, 3, c.image_size // 2, c.image_size // 2, generator=g) * 2 - 1,
+                  lowres_noise_level=torch.tensor([0.0, 0.3]))
+    outs = []
+    for on in (True, False):
+        set_flash(unet, on)
+        with torch.no_grad():
+            outs.append(unet(x, t, **kw))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
 
 
 def test_output_shape_and_zero_init():
@@ -69,11 +142,10 @@ def test_gradients_flow_to_every_parameter():
     assert not missing, f"no gradient reaches {missing}"
 
 
-def test_skip_scaling_and_attention_present():
+def test_attention_present():
     m = UNet(UNetConfig(**SMALL))
-    n_attn = sum(1 for mod in m.modules() if type(mod).__name__ == "SpatialAttention")
+    n_attn = sum(1 for mod in m.modules() if isinstance(mod, SpatialAttention))
     assert n_attn >= 2  # at 8x8 in the encoder, middle and decoder
-    from imagen_edu.attention import MultiHeadAttention
     assert any(isinstance(mod, MultiHeadAttention) for mod in m.modules())
 
 

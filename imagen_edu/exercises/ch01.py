@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 
 from .. import attention as A
 from . import Result, run_check
@@ -188,7 +189,6 @@ def solution_positions(t: int, d: int) -> torch.Tensor:
 
 
 def solution_split_heads(x: torch.Tensor, h: int) -> torch.Tensor:
-    """``(B, T, D) -> (B, h, T, D/h)``: split the feature axis into (h, D/h), then move h before T."""
-    from einops import rearrange
-
+    """``(B, T, D) -> (B, h, T, D/h)`` with einops' ``rearrange``: split the feature axis into (h, D/h),
+    then move h before T."""
     return rearrange(x, "b t (h d) -> b h t d", h=h)
