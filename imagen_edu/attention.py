@@ -18,7 +18,7 @@ Two paths compute attention, with the same maths: the explicit ``softmax(Q K^T /
 that the chapter derives (it returns the weights, for the heatmaps), and, when nobody asks for the
 weights, PyTorch's fused ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels
 on a GPU, which never store the ``(Tq, Tk)`` matrix), as nanoGPT's ``flash`` flag does.
-``tests/test_attention.py`` checks the two against each other.
+``tests/test_attention_fast.py`` checks the two against each other.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from einops import rearrange
 from torch import nn
 
 __all__ = [
-    "FLASH",
     "MaskError",
     "scaled_dot_product_attention",
     "causal_mask",
@@ -43,11 +42,6 @@ __all__ = [
     "TransformerBlock",
     "Transformer",
 ]
-
-
-#: nanoGPT's ``flash`` flag: torch >= 2.0 has the fused attention kernel. The default of every
-#: :class:`MultiHeadAttention`'s ``flash`` attribute.
-FLASH = hasattr(F, "scaled_dot_product_attention")
 
 
 class MaskError(ValueError, TypeError):
@@ -122,7 +116,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     if mask is not None:
         batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
         _check_mask(mask, (*batch, q.shape[-2], k.shape[-2]), "mask")
-    if not need_weights and FLASH:
+    if not need_weights:
         return _fused_attention(q, k, v, mask, dropout_p), None
     d = q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (..., Tq, Tk)
@@ -218,8 +212,8 @@ class MultiHeadAttention(nn.Module):
         bias: whether the projections have biases.
         dropout: dropout on the attention weights during training.
 
-    ``self.flash`` (default :data:`FLASH`) lets calls that do not ask for the weights use torch's
-    fused kernel; set it False to force the explicit path (the golden tests compare both).
+    ``self.flash`` (nanoGPT's flag, default True) lets calls that do not ask for the weights use
+    torch's fused kernel; set it False to force the explicit path (the golden tests compare both).
     """
 
     def __init__(self, d_model: int, n_heads: int, d_context: int | None = None,
@@ -237,7 +231,7 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d_context, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
-        self.flash = FLASH
+        self.flash = True
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,

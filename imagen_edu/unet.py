@@ -4,7 +4,8 @@ The network ``eps_theta(x_t, t)`` of Ho et al. 2020 (their Appendix B): a U-Net 
 with GroupNorm, a sinusoidal timestep embedding fed through an MLP into every ResBlock, and
 self-attention at the low resolutions. Two details follow Imagen's Efficient U-Net
 (Saharia et al. 2022, Appendix B.1): skip connections are scaled by ``1/sqrt(2)``, and the
-output convolution starts at zero (so the untrained model predicts 0).
+output convolution starts at zero (so the untrained model predicts 0). The text tokens pass a
+LayerNorm before cross-attention (chapter 5).
 
 Optional inputs, all off by default so the unconditional model stays simple:
 
@@ -193,9 +194,8 @@ class SpatialAttention(nn.Module):
     ``x + Attn(GroupNorm(x))``; for cross-attention the text tokens pass a LayerNorm before they
     become keys and values (Saharia et al. 2022 found Layer Normalization of the text embeddings in
     the attention layers helped considerably; chapter 5).
-    Built on :class:`imagen_edu.attention.MultiHeadAttention` (chapter 1). With
-    ``keep_weights = True`` the last weights ``(B, heads, H*W, Tk)`` are kept in
-    ``last_weights``; by default attention runs on the fused kernel and keeps none.
+    Built on :class:`imagen_edu.attention.MultiHeadAttention` (chapter 1); no weights are
+    requested, so it runs on torch's fused kernel.
     """
 
     def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int | None = None):
@@ -204,20 +204,16 @@ class SpatialAttention(nn.Module):
         self.norm = nn.GroupNorm(groups, channels)
         self.attn = MultiHeadAttention(channels, num_heads, d_context=context_dim)
         self.context_norm = nn.LayerNorm(context_dim) if self.is_cross else None
-        self.keep_weights = False
-        self.last_weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x (B, C, H, W)`` [``context (B, L, D)``, ``context_mask (B, L)``] -> ``(B, C, H, W)``."""
         _, _, h, w = x.shape
         q = rearrange(self.norm(x), "b c h w -> b (h w) c")
-        keep = self.keep_weights
         if self.is_cross:
-            out, weights = self.attn(q, self.context_norm(context), key_mask=context_mask, need_weights=keep)
+            out, _ = self.attn(q, self.context_norm(context), key_mask=context_mask, need_weights=False)
         else:
-            out, weights = self.attn(q, need_weights=keep)
-        self.last_weights = weights.detach() if keep else None
+            out, _ = self.attn(q, need_weights=False)
         return x + rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
 
 
@@ -261,12 +257,8 @@ class UNet(nn.Module):
     Derived in chapter 3 (Section "A U-Net for images"); chapter 5 adds text conditioning.
     """
 
-    def __init__(self, config: UNetConfig | None = None, **overrides):
+    def __init__(self, config: UNetConfig):
         super().__init__()
-        if config is None:
-            config = UNetConfig(**overrides)
-        elif overrides:
-            config = UNetConfig(**{**asdict(config), **overrides})
         if not isinstance(config, UNetConfig):
             raise TypeError(f"config must be a UNetConfig, got {type(config).__name__}")
         self.config = c = config

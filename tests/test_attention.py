@@ -1,7 +1,7 @@
 """Tests for imagen_edu.attention (chapter 1).
 
-Golden tests compare with independent implementations in torch (``F.scaled_dot_product_attention``
-and ``nn.MultiheadAttention``); property tests check what the chapter derives: masked keys get
+Golden tests compare with independent implementations in torch (``F.scaled_dot_product_attention``,
+``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer(norm_first=True)``); property tests check what the chapter derives: masked keys get
 zero weight, causality, permutation equivariance without positions, the sinusoidal formula.
 """
 
