@@ -25,6 +25,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .attention import MultiHeadAttention
 from .stage import ImagenStage
 
 __all__ = ["PEAK_TFLOPS", "peak_tflops", "count_flops", "training_step_flops", "bench_stage", "AMP_CHOICES"]
@@ -104,12 +105,18 @@ def training_step_flops(cfg, batch_size: int, text_len: int = 16, device="meta")
 
     ``cfg`` is a :class:`~imagen_edu.stage.StageConfig`; the network is built and run on
     ``device`` (``meta`` by default: nothing is allocated). Text of ``text_len`` tokens.
-    Backward costs about twice the forward, so this is about 3x the forward FLOPs.
+    Backward costs about twice the forward, so this is about 3x the forward FLOPs. Attention is
+    counted on its explicit path (``flash`` off): the fused kernel does the same products, but
+    ``FlopCounterMode`` has no formula for the backward of some fused CPU kernels, so the count
+    would depend on the device.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     with torch.device(device):
         stage = ImagenStage(cfg)
+    for m in stage.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.flash = False
     x0, emb, mask, low = _synthetic_inputs(cfg, batch_size, text_len, device)
     flops, _ = count_flops(_network_step, stage, x0, emb, mask, low)
     return flops

@@ -6,7 +6,7 @@ the settings shared by every stage, then the stage's own fields (``settings.stag
 follows from them: a super-resolution stage reads the previous stage's resolution
 (``lowres_resolution``, ``unet.lowres_channels = 3``), every U-Net reads the text encoder's width
 (``cond_dim == context_dim == text_dim``), its heads and groups follow its width
-(:func:`heads_and_groups`) and the warm-up follows the steps (:func:`toy_warmup`).
+(:func:`imagen_edu.unet.heads_and_groups`) and the warm-up follows the steps (:func:`toy_warmup`).
 :func:`stage_config` picks one stage of a profile.
 
 **Named configs.** Every entry is a :class:`NamedConfig`: a name such as ``"toy-cpu/base"`` or
@@ -67,7 +67,7 @@ from .stage import STAGES, ImagenStage, StageConfig
 from .unet import UNet, UNetConfig
 
 __all__ = ["NamedConfig", "T5_XXL", "T5_XXL_DIM", "paper_configs", "toy_configs", "stage_configs", "stage_config",
-           "unet_config", "toy_warmup", "heads_and_groups", "all_configs", "names", "get", "count_parameters",
+           "unet_config", "toy_warmup", "all_configs", "names", "get", "count_parameters",
            "build_on_meta", "summary_table", "PAPER_WIDTHS", "paper_width_stage"]
 
 #: the text encoder of Imagen's paper models (Hugging Face hub name) and its width
@@ -161,21 +161,16 @@ def count_parameters(obj) -> int:
 # ---------------------------------------------------------------------------------------------
 # The toy recipes: StageConfigs from a profile's ImagenSettings (chapter 5)
 # ---------------------------------------------------------------------------------------------
-def unet_config(resolution, channels, mults, blocks, attn, cross, text_dim, lowres=False, heads=4,
-                groups=8) -> UNetConfig:
+def unet_config(resolution, channels, mults, blocks, attn, cross, text_dim, lowres=False, heads=None,
+                groups=None) -> UNetConfig:
     """A stage's :class:`~imagen_edu.unet.UNetConfig`: ``image_size = resolution``, the text width
     ``text_dim`` for both the pooled vector and the cross-attention context, and 3 extra input
-    channels for the low-resolution image of a super-resolution stage."""
+    channels for the low-resolution image of a super-resolution stage. Heads and groups default to
+    :func:`imagen_edu.unet.heads_and_groups` of the width."""
     return UNetConfig(image_size=resolution, channels=channels, channel_mults=tuple(mults),
                       num_res_blocks=blocks, attention_resolutions=tuple(attn), num_heads=heads, groups=groups,
                       cond_dim=text_dim, context_dim=text_dim, cross_attention_resolutions=tuple(cross),
                       lowres_channels=3 if lowres else None)
-
-
-def heads_and_groups(channels: int) -> tuple[int, int]:
-    """The toy U-Nets' attention heads and GroupNorm groups for a base width: 4 heads when they
-    divide it (else 1), ``min(8, channels)`` groups."""
-    return (4 if channels % 4 == 0 else 1), min(8, channels)
 
 
 def toy_warmup(steps: int) -> int:
@@ -201,10 +196,9 @@ def stage_configs(settings, text_dim: int | None = None) -> dict[str, StageConfi
     for name, own in s.stages.items():
         own = dict(own)
         u = dict(own.pop("unet"))
-        heads, groups = heads_and_groups(u["channels"])
         unet = unet_config(own["resolution"], u.pop("channels"), u.pop("channel_mults"), u.pop("num_res_blocks"),
                            u.pop("attention_resolutions"), u.pop("cross_attention_resolutions"), D,
-                           lowres=previous is not None, heads=heads, groups=groups)
+                           lowres=previous is not None)
         if u:  # any other U-Net field a stage sets
             unet = replace(unet, **u)
         lowres = None if previous is None else previous.resolution

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from ..data.captions import CONVERSE, all_captions, make_caption, parse_caption
 from . import Result, run_check
 
 __all__ = ["check_guide", "check_diversity", "check_canonical", "check_dynamic_threshold", "check_x0_from_v",
@@ -89,15 +90,12 @@ def check_canonical(fn, verbose: bool = True) -> Result:
     already use ``left of`` or ``above``, one-object captions and any other text come back unchanged."""
 
     def check():
-        from ..data.captions import all_captions
-
-        swap = {"right of": "left of", "below": "above"}
         for p in all_captions():
             (ca, sa), rel = p.objects[0], p.relation
             text = p.text
-            if rel in swap:                                         # by hand, from the words
+            if rel in ("right of", "below"):                        # by hand, from the words
                 (cb, sb) = p.objects[1]
-                want = f"a {cb} {sb} {swap[rel]} a {ca} {sa}"
+                want = f"a {cb} {sb} {CONVERSE[rel]} a {ca} {sa}"
             else:
                 want = text
             got = fn(text)
@@ -229,16 +227,13 @@ def solution_diversity(images, k):
 def solution_canonical(caption):
     """Only two relations need rewriting. Parse the caption; if it is outside the grammar (or has
     one object, or already reads ``left of`` / ``above``) return it as it is; otherwise name the
-    second object first and replace the relation by its converse."""
-    from ..data.captions import make_caption, parse_caption
-
+    second object first and replace the relation by its converse (``data.captions.CONVERSE``)."""
     try:
         p = parse_caption(caption)
     except ValueError:
         return caption
-    converse = {"right of": "left of", "below": "above"}
-    if p.relation in converse:
-        return make_caption(p.objects[::-1], converse[p.relation])
+    if p.relation in ("right of", "below"):
+        return make_caption(p.objects[::-1], CONVERSE[p.relation])
     return caption
 
 
