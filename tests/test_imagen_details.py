@@ -227,3 +227,36 @@ def test_sr_stage_sees_the_upsampled_base_image(stages, encoder, monkeypatch):
     for x in inputs:
         assert x.shape == (1, 6, 16, 16)
         torch.testing.assert_close(x[:, 3:], up)
+
+
+@pytest.mark.parametrize("name", ["base", "sr1"])
+def test_no_host_reads_in_the_stage_loss_or_per_sampling_step(name):
+    """No host-device synchronisation per step: the stage loss (forward and backward, text dropout
+    and augmentation included) and every sampling step run on the ``meta`` device, where any
+    ``.item()``, ``float(t)`` or ``.cpu()`` raises; on a GPU each would stall the step."""
+    cfg = configs.stage_config(name, "ci", text_dim=8)
+    with torch.device("meta"):
+        st = ImagenStage(cfg)
+    R, r = cfg.resolution, cfg.lowres_resolution
+    lows = torch.zeros(10, 3, r, r) if cfg.is_sr else None
+    batch = stage_batches(cfg, torch.zeros(10, 3, R, R), torch.zeros(10, dtype=torch.long), lows)(
+        0, 0, 1, torch.Generator().manual_seed(0))
+    batch = {k: v.to("meta") for k, v in batch.items()}
+    emb, mask = torch.zeros(2, 4, 8, device="meta"), torch.ones(2, 4, dtype=torch.bool, device="meta")
+    loss = StageLoss(st, emb[:1], mask[:1])(batch)
+    loss.backward()
+    assert loss.device.type == "meta"
+    calls = []
+    real = st.unet.forward
+
+    def count(x, t, **kw):
+        calls.append(t.shape)
+        return real(x, t, **kw)
+
+    st.unet.forward = count
+    low = torch.zeros(2, 3, r, r, device="meta") if cfg.is_sr else None
+    try:  # the sampler may read one flag back after its last step (a finite check): not per step
+        st.sample(emb, mask, steps=3, guidance=3.0, lowres=low, threshold="dynamic")
+    except RuntimeError as err:
+        assert "meta" in str(err)
+    assert len(calls) == 3
