@@ -9,19 +9,25 @@
   ``step``, that is ``config.batch_size // world_size`` examples. Procedural data (the shapes
   benchmark) computes it from the step, e.g. ``make_batch(b, start=step * B + rank * b)``, and
   may draw augmentations from ``generator``, a ``torch.Generator`` seeded per rank. For a real
-  data set use :class:`DatasetBatches`, which shards shuffled epochs over the ranks like a
-  ``DistributedSampler`` and resumes at any step. A batch is a tensor, or a tuple/list/dict of
-  tensors and lists of strings (captions).
+  data set use :class:`imagen_edu.batching.DatasetBatches`, which shards shuffled epochs over the
+  ranks like a ``DistributedSampler`` and resumes at any step. A batch is a tensor, or a
+  tuple/list/dict of tensors and lists of strings (captions).
 
-What the trainer does, step by step (all settings live in :class:`TrainConfig`):
+The language model of chapter 2, CLIP of chapter 4 and the diffusion models of chapters 3 and 5
+all train through it. What it does, step by step (the settings live in :class:`TrainConfig`; a
+few keyword arguments of :class:`Trainer` let a chapter keep its own recipe):
 
 * **AdamW** (decoupled weight decay, Loshchilov & Hutter 2019) with ``weight_decay`` on the
-  matrices and convolution kernels only (not on biases and norm gains).
-* **Learning-rate schedule** :func:`lr_at`: linear warm-up over ``warmup_steps`` to ``lr``, then
-  cosine decay to ``min_lr_ratio * lr`` at ``steps``. A pure function of the step, so a resumed
-  run needs no scheduler object: the step is the whole scheduler state.
+  matrices and convolution kernels only (not on biases and norm gains; ``decay_vectors=True``
+  decays every parameter, as ``torch.optim.AdamW(model.parameters())`` does).
+* **Learning-rate schedule** :func:`imagen_edu.optim.lr_at`, Eq. (ch6-eq-lr): linear warm-up over
+  ``warmup_steps`` to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``. A pure
+  function of the step, so a resumed run needs no scheduler object: the step is the whole
+  scheduler state.
 * **Gradient clipping** of the global norm to ``grad_clip``.
-* **EMA weights** (:func:`ema_update`): after each step ``ema <- d * ema + (1 - d) * weights``
+* **After the update**, ``after_update(model)`` if given (CLIP clamps its temperature there).
+* **EMA weights** (:func:`imagen_edu.optim.ema_update`, Eq. ch6-eq-ema): after each step
+  ``ema <- d * ema + (1 - d) * weights``
   with ``d = min(ema_decay, (1 + s) / (10 + s))`` (the warm-up keeps early averages from
   remembering the random initialisation). Sample with :meth:`Trainer.ema_model`.
 * **Gradient accumulation**: the batch is split into ``grad_accum`` micro-batches whose
@@ -85,21 +91,21 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
 
 from . import checkpoints
+from .batching import derive_seed, split_batch, to_device
+from .optim import ema_decay_at, ema_update, lr_at
 
 __all__ = [
     "TrainConfig",
     "Trainer",
-    "lr_at",
-    "ema_decay_at",
-    "ema_update",
     "resolve_amp",
     "DistInfo",
     "dist_info",
-    "DatasetBatches",
-    "split_batch",
     "CHECKPOINT_NAME",
     "RESUME_FREE_FIELDS",
 ]
@@ -214,50 +220,6 @@ class TrainConfig:
         return json.loads(json.dumps(asdict(self)))
 
 
-def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
-    """Learning rate at 0-based optimizer step ``step``: linear warm-up, then cosine decay.
-
-    ``lr = base_lr * (step + 1) / warmup_steps`` while ``step < warmup_steps``; afterwards, with
-    ``p = (step - warmup_steps) / (total_steps - warmup_steps)`` clipped to [0, 1] and
-    ``lr_min = min_lr_ratio * base_lr``: ``lr = lr_min + (base_lr - lr_min) (1 + cos(pi p)) / 2``
-    (SGDR, Loshchilov & Hutter 2017, without restarts). Derived in chapter 6.
-    """
-    if not _is_int(step) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    lr_min = base_lr * min_lr_ratio
-    return lr_min + (base_lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
-    """EMA decay after optimizer step ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``.
-
-    Without ``warmup`` it is ``decay``. Derived in chapter 6.
-    """
-    return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for every floating-point parameter, in place.
-
-    Buffers (e.g. normalisation statistics, integer counters) are copied. Parameters are paired
-    by name, so ``ema`` must be a copy of ``model`` (``copy.deepcopy``). Derived in chapter 6.
-    """
-    params = dict(model.named_parameters())
-    for name, pe in ema.named_parameters():
-        pm = params[name]
-        if pe.dtype.is_floating_point:
-            pe.lerp_(pm.detach(), 1.0 - decay)  # pe + (1 - d) (pm - pe) = d pe + (1 - d) pm
-        else:
-            pe.copy_(pm)
-    buffers = dict(model.named_buffers())
-    for name, be in ema.named_buffers():
-        be.copy_(buffers[name])
-
-
 def resolve_amp(amp: str, device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device``: ``torch.bfloat16``, ``torch.float16`` or ``None`` (off).
 
@@ -312,147 +274,6 @@ def dist_info() -> DistInfo:
         raise ValueError(f"RANK={vals['RANK']} and WORLD_SIZE={vals['WORLD_SIZE']} are inconsistent: "
                          "need 0 <= RANK < WORLD_SIZE")
     return DistInfo(vals["RANK"], vals["WORLD_SIZE"], vals["LOCAL_RANK"])
-
-
-def _derive_seed(*parts: int) -> int:
-    """A well-mixed 32-bit seed from integers (seed, rank, stream...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# batches: moving, splitting, and a resumable sharded data-set reader
-# ---------------------------------------------------------------------------------------------
-def _is_items(x) -> bool:
-    """A list of plain values (captions, labels): split by slicing rather than field by field."""
-    return isinstance(x, list) and all(isinstance(v, (str, bytes, int, float, bool)) for v in x)
-
-
-def split_batch(batch, k: int) -> list:
-    """Split ``batch`` into ``k`` equal micro-batches along the first dimension.
-
-    ``batch``: a tensor ``(B, ...)``, a list of strings/numbers of length ``B``, or a
-    tuple/list/dict of those (split field by field); ``None`` and other scalars are repeated.
-    ``B`` must be divisible by ``k``.
-    """
-    if k == 1:
-        return [batch]
-    if isinstance(batch, torch.Tensor):
-        if batch.dim() == 0 or batch.shape[0] % k:
-            raise ValueError(f"cannot split a tensor of shape {tuple(batch.shape)} into {k} equal micro-batches "
-                             "along dimension 0 (grad_accum must divide the per-rank batch)")
-        return list(batch.split(batch.shape[0] // k))
-    if _is_items(batch):
-        if len(batch) % k:
-            raise ValueError(f"cannot split a list of {len(batch)} items into {k} equal micro-batches")
-        n = len(batch) // k
-        return [batch[i * n:(i + 1) * n] for i in range(k)]
-    if isinstance(batch, dict):
-        parts = {key: split_batch(v, k) for key, v in batch.items()}
-        return [{key: parts[key][i] for key in batch} for i in range(k)]
-    if isinstance(batch, (tuple, list)):
-        parts = [split_batch(v, k) for v in batch]
-        out = [[p[i] for p in parts] for i in range(k)]
-        if isinstance(batch, tuple):
-            make = (lambda xs: type(batch)(*xs)) if hasattr(batch, "_fields") else (lambda xs: type(batch)(xs))
-            return [make(o) for o in out]
-        return out
-    if batch is None or isinstance(batch, (str, int, float, bool)):
-        return [batch] * k
-    raise TypeError(f"grad_accum > 1 needs a batch made of tensors, lists, tuples and dicts to split it, "
-                    f"got {type(batch).__name__}")
-
-
-def _to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        items = [_to_device(v, device) for v in batch]
-        return type(batch)(*items) if hasattr(batch, "_fields") else tuple(items)
-    if isinstance(batch, list) and not _is_items(batch):
-        return [_to_device(v, device) for v in batch]
-    return batch
-
-
-class DatasetBatches:
-    """A ``batch_fn`` over a map-style data set: shuffled epochs, sharded over ranks, resumable at any step.
-
-    The global batch of step ``s`` is items ``s * B ... s * B + B - 1`` of an endless sequence of
-    epochs, each a permutation of the data set drawn from ``(seed, epoch)``; rank ``r`` of
-    ``N`` gets the ``r``-th contiguous slice of ``B / N`` of them (what a ``DistributedSampler``
-    gives, but a pure function of the step, so resuming needs no iterator state and one process
-    with the whole batch sees exactly the union of the ranks' batches).
-
-    Args:
-        dataset: supports ``len`` and ``dataset[i]``.
-        batch_size: the global batch size (``TrainConfig.batch_size``).
-        seed: seed of the epoch permutations.
-        shuffle: ``False`` keeps the data set's order.
-        num_workers: > 0 loads with a ``torch.utils.data.DataLoader`` and that many worker
-            processes (same batches, in the background; random augmentations inside the data
-            set then draw from the workers' own seeds, so only ``num_workers=0`` reproduces
-            them bit for bit after a resume).
-        collate_fn: builds a batch from a list of items (default: ``default_collate``).
-    """
-
-    def __init__(self, dataset, batch_size: int, *, seed: int = 0, shuffle: bool = True, num_workers: int = 0,
-                 collate_fn: Callable | None = None, pin_memory: bool = False):
-        from torch.utils.data import default_collate
-
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if len(dataset) < 1:
-            raise ValueError("the data set is empty")
-        self.dataset, self.batch_size, self.seed, self.shuffle = dataset, int(batch_size), int(seed), shuffle
-        self.num_workers, self.pin_memory = int(num_workers), pin_memory
-        self.collate_fn = collate_fn or default_collate
-        self._perm_epoch, self._perm = None, None
-        self._iter, self._expect = None, None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._perm_epoch != epoch:
-            n = len(self.dataset)
-            self._perm = (torch.randperm(n, generator=torch.Generator().manual_seed(_derive_seed(self.seed, epoch)))
-                          if self.shuffle else torch.arange(n))
-            self._perm_epoch = epoch
-        return self._perm
-
-    def indices(self, step: int, rank: int = 0, world_size: int = 1) -> list[int]:
-        """Data-set indices of rank ``rank``'s share of the batch of ``step``."""
-        if self.batch_size % world_size:
-            raise ValueError(f"world size {world_size} does not divide the batch size {self.batch_size}")
-        per = self.batch_size // world_size
-        n = len(self.dataset)
-        out = []
-        for pos in range(step * self.batch_size + rank * per, step * self.batch_size + (rank + 1) * per):
-            out.append(int(self._permutation(pos // n)[pos % n]))
-        return out
-
-    def _sampler(self, start: int, rank: int, world_size: int):
-        step = start
-        while True:
-            yield self.indices(step, rank, world_size)
-            step += 1
-
-    def __call__(self, step: int, rank: int, world_size: int, generator=None):
-        if self.num_workers <= 0:
-            return self.collate_fn([self.dataset[i] for i in self.indices(step, rank, world_size)])
-        if self._iter is None or self._expect != (step, rank, world_size):
-            from torch.utils.data import DataLoader
-
-            # a fresh copy of the sampler state: the DataLoader reads batch indices from it ahead of time
-            helper = DatasetBatches(self.dataset, self.batch_size, seed=self.seed, shuffle=self.shuffle)
-            # its own generator for the workers' seeds: starting a loader must not draw from the
-            # global generator, or a resumed run would drift from an uninterrupted one
-            seeds = torch.Generator().manual_seed(_derive_seed(self.seed, step, rank, 2))
-            loader = DataLoader(self.dataset, batch_sampler=helper._sampler(step, rank, world_size),
-                                num_workers=self.num_workers, collate_fn=self.collate_fn,
-                                pin_memory=self.pin_memory, generator=seeds)
-            self._iter = iter(loader)
-        batch = next(self._iter)
-        self._expect = (step + 1, rank, world_size)
-        return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,8 +331,6 @@ def _rng_from_bytes(blob: bytes) -> dict:
 
 def _gather_bytes(blob: bytes, device: torch.device) -> list[bytes]:
     """All ranks' ``blob`` on every rank (tensors only: no pickled objects cross the wire)."""
-    import torch.distributed as dist
-
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
     ws = dist.get_world_size()
     data = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(comm)
@@ -607,6 +426,13 @@ class Trainer:
         allow_changes: config fields that may differ from the checkpoint's on resume, e.g.
             ``("steps",)`` to train a finished run for longer (the schedule then follows the
             new config; the run is no longer identical to any uninterrupted one).
+        decay_vectors: also apply ``config.weight_decay`` to biases and norm gains (tensors of
+            fewer than 2 dimensions): one AdamW parameter group for everything.
+        after_update: ``fn(model)`` called after every optimizer update, before the EMA update
+            (e.g. CLIP's clamp of its learned temperature).
+        generator: the batch generator handed to ``batch_fn``, seeded by you (default: a new
+            one seeded from ``config.seed`` and the rank). Saved and restored like the default.
+        desc: the progress bar's label.
 
     Attributes:
         step: optimizer steps done. ``losses``: the loss of every step (also restored on resume).
@@ -619,7 +445,9 @@ class Trainer:
     def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
                  batch_fn: Callable[[int, int, int, torch.Generator], Any], config: TrainConfig, *,
                  resume: bool = False, device=None, progress: bool = True, model_info: dict | None = None,
-                 ddp_kwargs: dict | None = None, allow_changes=(), checkpoint_name: str = CHECKPOINT_NAME):
+                 ddp_kwargs: dict | None = None, allow_changes=(), checkpoint_name: str = CHECKPOINT_NAME,
+                 decay_vectors: bool = False, after_update: Callable[[nn.Module], None] | None = None,
+                 generator: torch.Generator | None = None, desc: str = "training"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn) or not callable(batch_fn):
@@ -643,8 +471,13 @@ class Trainer:
         if not isinstance(checkpoint_name, str) or not checkpoint_name or "/" in checkpoint_name:
             raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
         self.checkpoint_name = checkpoint_name
+        if after_update is not None and not callable(after_update):
+            raise TypeError(f"after_update must be a callable or None, got {type(after_update).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.config, self.loss_fn, self.batch_fn = config, loss_fn, batch_fn
-        self.model_info, self.progress = model_info, progress
+        self.model_info, self.progress, self.desc = model_info, progress, desc
+        self.after_update = after_update
 
         # --- checks that need no process group and no step: world size, batch split, resume folder
         self.dist = dist_info()
@@ -675,8 +508,6 @@ class Trainer:
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self._own_group = False
         if ws > 1:
-            import torch.distributed as dist
-
             if not dist.is_available():
                 raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
             if self.device.type == "cuda":
@@ -692,8 +523,8 @@ class Trainer:
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         named = dict(self.model.named_parameters())
-        decay = [n for n in self._param_names if named[n].dim() >= 2]
-        no_decay = [n for n in self._param_names if named[n].dim() < 2]
+        decay = [n for n in self._param_names if decay_vectors or named[n].dim() >= 2]
+        no_decay = [n for n in self._param_names if n not in decay]
         self._group_names = [g for g in (decay, no_decay) if g]
         groups = [{"params": [named[n] for n in g], "weight_decay": config.weight_decay if g is decay else 0.0}
                   for g in self._group_names]
@@ -701,8 +532,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_model = self.model
         if ws > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.model, device_ids=ids, **(ddp_kwargs or {}))
             if self.ema is not None:  # DDP broadcast rank 0's weights: start the EMA from them too
@@ -717,14 +546,15 @@ class Trainer:
         if ckpt is None:
             self.resume_changes = []
         self.stopped_early = False
-        self.generator = torch.Generator()
+        self.generator = generator if generator is not None else torch.Generator()
         self._saved_step = None
         if ckpt is None:
-            s = _derive_seed(config.seed, self.dist.rank, 0)
+            s = derive_seed(config.seed, self.dist.rank, 0)
             torch.manual_seed(s)
             random.seed(s)
             np.random.seed(s)
-            self.generator.manual_seed(_derive_seed(config.seed, self.dist.rank, 1))
+            if generator is None:
+                self.generator.manual_seed(derive_seed(config.seed, self.dist.rank, 1))
         else:
             self._load_state(*ckpt)
         self._rng_snapshot = _capture_rng(self.generator, self.device)
@@ -763,8 +593,6 @@ class Trainer:
     def close(self) -> None:
         """Wait for every rank, then end the process group if this trainer started it."""
         if self.world_size > 1:
-            import torch.distributed as dist
-
             if dist.is_initialized():
                 dist.barrier()
                 if self._own_group:
@@ -779,9 +607,7 @@ class Trainer:
         ``KeyboardInterrupt`` after writing a checkpoint of the last finished step.
         """
         cfg = self.config
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", leave=False,
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, leave=False,
                    disable=not (self.progress and self.dist.is_main))
         self.model.train()
         self.stopped_early = False
@@ -813,8 +639,6 @@ class Trainer:
         finally:
             bar.close()
         if self.world_size > 1:
-            import torch.distributed as dist
-
             dist.barrier()
         return list(self.losses)
 
@@ -823,8 +647,6 @@ class Trainer:
             return False
         up = time.perf_counter() - start > self.config.max_seconds
         if self.world_size > 1:  # every rank must stop at the same step
-            import torch.distributed as dist
-
             flag = torch.tensor([float(up)], device=self.device if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             up = bool(flag.item() > 0)
@@ -845,7 +667,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for i, mb in enumerate(micro):
-            mb = _to_device(mb, self.device)
+            mb = to_device(mb, self.device)
             sync = self.world_size == 1 or i == len(micro) - 1
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 with self._autocast():
@@ -857,8 +679,6 @@ class Trainer:
             total += loss.detach().float().reshape(())
         mean = total / len(micro)
         if self.world_size > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(mean)  # every rank sees the same value, so every rank stops on a NaN
             mean /= self.world_size
         value = mean.item()
@@ -874,6 +694,8 @@ class Trainer:
                 norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.after_update is not None:
+                self.after_update(self.model)
             if self.ema is not None:
                 ema_update(self.ema, self.model, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
             self.losses.append(value)
@@ -1013,11 +835,11 @@ class Trainer:
             self.exact_resume = meta.get("world_size") == self.world_size and (
                 (st["cuda"] is None) == (dev.type != "cuda"))
         else:  # e.g. more ranks than the run that wrote the checkpoint
-            s = _derive_seed(self.config.seed, self.rank, 0, self.step)
+            s = derive_seed(self.config.seed, self.rank, 0, self.step)
             torch.manual_seed(s)
             random.seed(s)
             np.random.seed(s)
-            self.generator.manual_seed(_derive_seed(self.config.seed, self.rank, 1, self.step))
+            self.generator.manual_seed(derive_seed(self.config.seed, self.rank, 1, self.step))
             self.exact_resume = False
         if not self.exact_resume and self.dist.is_main:
             warnings.warn(f"resuming step {self.step} of a run written with world size {meta.get('world_size')} on "

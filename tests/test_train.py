@@ -1,28 +1,30 @@
-"""Tests of imagen_edu.train: schedule, EMA, accumulation, exact resume, errors, atomic checkpoints."""
+"""Tests of imagen_edu.train: the schedule and EMA inside the trainer, its options, accumulation, exact
+resume, errors, atomic checkpoints. (The pure schedule and EMA functions: tests/test_optim.py; batches:
+tests/test_batching.py.)"""
 
-import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
+import imagen_edu.train as train_mod
 from imagen_edu import checkpoints
+from imagen_edu.profiles import torch_threads
+from imagen_edu.train import CHECKPOINT_NAME, TrainConfig, Trainer, _defer_sigint, resolve_amp
 from support.ddp_smoke import SCRIPT, diffusion_config, diffusion_problem, regression_problem
-from imagen_edu.train import (CHECKPOINT_NAME, DatasetBatches, TrainConfig, Trainer, ema_decay_at, ema_update, lr_at,
-                              resolve_amp, split_batch)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocess runs on one thread too: same kernels, same bits
-    yield
-    torch.set_num_threads(old)
+def one_thread_for_the_module():
+    with torch_threads(1):  # the subprocess runs on one thread too: same kernels, same bits
+        yield
 
 
 def full_state(trainer):
@@ -40,74 +42,111 @@ def assert_bit_identical(a: dict, b: dict):
     assert not bad, f"{len(bad)} tensors differ, e.g. {bad[:3]}"
 
 
-def regression_trainer(out_dir, *, resume=False, batch_size=8, hidden=16, model_info=None, allow_changes=(), **cfg):
+def regression_trainer(out_dir, *, resume=False, batch_size=8, hidden=16, model_info=None, allow_changes=(),
+                       options=None, **cfg):
+    """A Trainer of the regression problem; ``cfg`` are TrainConfig fields, ``options`` Trainer keywords."""
     model, loss_fn, batch_fn = regression_problem(batch_size=batch_size, hidden=hidden)
     kw = dict(steps=5, batch_size=batch_size, lr=1e-2, warmup_steps=2, ema_decay=0.9, out_dir=out_dir)
     kw.update(cfg)
     return Trainer(model, loss_fn, batch_fn, TrainConfig(**kw), resume=resume, progress=False, device="cpu",
-                   model_info=model_info, allow_changes=allow_changes)
+                   model_info=model_info, allow_changes=allow_changes, **(options or {}))
 
 
 # ---------------------------------------------------------------------------------------------
-# the learning-rate schedule and the EMA
+# the learning-rate schedule and the EMA inside the trainer
 # ---------------------------------------------------------------------------------------------
-def test_lr_at_warmup_then_cosine_values():
-    kw = dict(base_lr=1.0, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
-    assert [lr_at(s, **kw) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert lr_at(4, **kw) == pytest.approx(1.0)  # the decay starts at the peak
-    assert lr_at(9, **kw) == pytest.approx(0.55)  # halfway through the decay: (lr + lr_min) / 2
-    assert lr_at(14, **kw) == pytest.approx(0.1) and lr_at(100, **kw) == pytest.approx(0.1)
-    decay = [lr_at(s, **kw) for s in range(4, 15)]
-    assert all(a > b for a, b in zip(decay, decay[1:]))
-    assert lr_at(0, base_lr=2.0, warmup_steps=0, total_steps=10) == pytest.approx(2.0)
-    assert TrainConfig(lr=1.0, warmup_steps=4, steps=14, min_lr_ratio=0.1).lr_at(9) == lr_at(9, **kw)
-    with pytest.raises(ValueError, match="step"):
-        lr_at(-1, **kw)
+def test_trainer_steps_with_the_lr_of_the_schedule():
+    """Eq. (ch6-eq-lr) in the trainer: optimizer step s uses ``config.lr_at(s)`` (warm-up from
+    (s + 1) / W, not s / W), and the history records it."""
+    seen = []
+    tr = regression_trainer(None, steps=6, warmup_steps=3, log_every=1)
+    real_step = tr.optimizer.step
+
+    def spy(*a, **k):
+        seen.append(tr.optimizer.param_groups[0]["lr"])
+        return real_step(*a, **k)
+
+    tr.optimizer.step = spy
+    tr.train()
+    assert seen == [tr.config.lr_at(s) for s in range(6)] and seen[0] == pytest.approx(1e-2 / 3)
+    assert [h["lr"] for h in tr.history] == seen
 
 
-def test_lr_at_matches_torch_schedulers():
-    """Golden test: torch's LinearLR then CosineAnnealingLR give the same learning rates."""
-    warm, total, base, ratio = 5, 30, 0.1, 0.2
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=base)
-    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
-        torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / warm, end_factor=1.0, total_iters=warm - 1),
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm, eta_min=base * ratio)],
-        milestones=[warm])
-    theirs = []
-    for _ in range(total):
-        theirs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    ours = [lr_at(s, base_lr=base, warmup_steps=warm, total_steps=total, min_lr_ratio=ratio) for s in range(total)]
-    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), torch.tensor(theirs, dtype=torch.float64),
-                               rtol=1e-9, atol=1e-12)
-
-
-def test_ema_update_formula():
-    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
-    assert ema_decay_at(90, 0.999) == pytest.approx(91 / 100)
-    assert ema_decay_at(10**6, 0.999) == 0.999 and ema_decay_at(0, 0.9, warmup=False) == 0.9
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    ema = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    model[1].running_mean.fill_(2.0)
-    before = {k: v.clone() for k, v in ema.state_dict().items()}
-    ema_update(ema, model, 0.75)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(dict(ema.named_parameters())[name], 0.75 * before[name] + 0.25 * p)
-    assert torch.equal(ema[1].running_mean, model[1].running_mean)  # buffers are copied
+def test_trainer_ema_warms_up_its_decay():
+    """The EMA decay's warm-up inside the trainer: after step 0 the decay is min(0.999, 1/10) = 0.1,
+    so ema = 0.1 * w_0 + 0.9 * w_1 (with the configured 0.999 the EMA would barely move)."""
+    tr = regression_trainer(None, steps=1, ema_decay=0.999)
+    w0 = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.train()
+    w1 = tr.model.state_dict()
+    for k in w0:
+        torch.testing.assert_close(tr.ema_model().state_dict()[k], 0.1 * w0[k] + 0.9 * w1[k])
 
 
 def test_trainer_ema_follows_the_formula(tmp_path):
-    tr = regression_trainer(None, steps=2, ema_decay=0.5, ema_warmup=False)
+    """Eq. (ch6-eq-ema) inside the trainer: ema <- d * ema + (1 - d) * weights after each step (the
+    average keeps the weight d = 0.75, so swapping the two terms fails)."""
+    tr = regression_trainer(None, steps=2, ema_decay=0.75, ema_warmup=False)
     w0 = {k: v.clone() for k, v in tr.model.state_dict().items()}
     tr.config.steps = 1
     tr.train()
     w1 = {k: v.clone() for k, v in tr.model.state_dict().items()}
     for k in w0:
-        torch.testing.assert_close(tr.ema_model().state_dict()[k], 0.5 * w0[k] + 0.5 * w1[k])
+        torch.testing.assert_close(tr.ema_model().state_dict()[k], 0.75 * w0[k] + 0.25 * w1[k])
         assert not torch.equal(w0[k], w1[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# options that let a chapter keep its own recipe (chapters 2 and 4 train through the trainer)
+# ---------------------------------------------------------------------------------------------
+def test_decay_vectors_puts_every_parameter_in_one_decayed_group():
+    """AdamW's decoupled weight decay on the matrices only by default; ``decay_vectors`` decays the
+    biases too (one group), as ``torch.optim.AdamW(model.parameters())`` does."""
+    default = regression_trainer(None, weight_decay=0.1)
+    assert [(g["weight_decay"], len(g["params"])) for g in default.optimizer.param_groups] == [(0.1, 2), (0.0, 2)]
+    every = regression_trainer(None, weight_decay=0.1, options={"decay_vectors": True})
+    assert [(g["weight_decay"], len(g["params"])) for g in every.optimizer.param_groups] == [(0.1, 4)]
+    assert every.optimizer.param_groups[0]["params"] == list(every.model.parameters())  # the model's order
+
+
+def test_after_update_runs_after_each_update_before_the_ema(tmp_path):
+    """``after_update(model)`` sees the weights after the optimizer's update, and the EMA averages
+    what it leaves (CLIP clamps its temperature there)."""
+    calls = []
+
+    def zero_first_bias(model):
+        calls.append(float(model[0].bias.detach().abs().sum()))
+        with torch.no_grad():
+            model[0].bias.zero_()
+
+    tr = regression_trainer(None, steps=3, ema_decay=0.5, ema_warmup=False, options={"after_update": zero_first_bias})
+    b0 = tr.model[0].bias.detach().clone()
+    tr.train()
+    assert len(calls) == 3 and all(c > 0 for c in calls)  # the update had moved the bias
+    assert torch.equal(tr.model[0].bias, torch.zeros_like(b0))
+    torch.testing.assert_close(tr.ema_model()[0].bias, 0.125 * b0)  # three averages with 0: 0.5^3 b0
+    with pytest.raises(TypeError, match="after_update must be a callable"):
+        regression_trainer(None, options={"after_update": 3})
+
+
+def test_a_given_generator_is_the_batch_generator_as_seeded():
+    """``generator``: the batch function draws from the generator as the caller seeded it (not
+    reseeded from config.seed), so a loop that drew from ``Generator().manual_seed(seed)`` is reproduced."""
+    model, loss_fn, batch_fn = regression_problem()
+    drawn = []
+
+    def drawing(step, rank, ws, g):
+        drawn.append(torch.randint(0, 1000, (3,), generator=g))
+        return batch_fn(step, rank, ws, g)
+
+    g = torch.Generator().manual_seed(7)
+    Trainer(model, loss_fn, drawing, TrainConfig(steps=2, batch_size=8), progress=False, device="cpu",
+            generator=g).train()
+    want = torch.Generator().manual_seed(7)
+    assert all(torch.equal(d, torch.randint(0, 1000, (3,), generator=want)) for d in drawn)
+    with pytest.raises(TypeError, match="generator"):
+        Trainer(model, loss_fn, batch_fn, TrainConfig(steps=2, batch_size=8), progress=False, device="cpu",
+                generator=7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,20 +161,6 @@ def test_grad_accum_equals_one_big_batch():
     for k in a:  # float32 sums in another order: equal to rounding
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(big.losses), torch.tensor(acc.losses), rtol=1e-6, atol=1e-7)
-
-
-def test_split_batch_structures():
-    x = torch.arange(12).reshape(6, 2)
-    caps = [f"c{i}" for i in range(6)]
-    parts = split_batch((x, caps), 3)
-    assert [p[1] for p in parts] == [caps[0:2], caps[2:4], caps[4:6]]
-    assert torch.equal(torch.cat([p[0] for p in parts]), x)
-    d = split_batch({"x": x, "y": [x, x + 1], "w": None}, 2)
-    assert torch.equal(d[1]["y"][1], (x + 1)[3:]) and d[0]["w"] is None
-    with pytest.raises(ValueError, match="4 equal"):
-        split_batch(x, 4)
-    with pytest.raises(TypeError, match="grad_accum"):
-        split_batch(object(), 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,10 +232,6 @@ def test_interrupt_then_continue_in_the_same_process(tmp_path, reference_run):
 
 
 def test_ctrl_c_never_cuts_an_update_in_half():
-    import signal
-
-    from imagen_edu.train import _defer_sigint
-
     # a shell's background job starts with SIGINT ignored: install Python's handler for the test
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -342,8 +363,6 @@ def test_failed_write_leaves_the_old_checkpoint_and_no_partial_file(tmp_path, mo
     tr.train()
     path = tmp_path / CHECKPOINT_NAME
     before = path.read_bytes()
-    import safetensors.torch
-
     def broken_save(tensors, filename, metadata=None):
         with open(filename, "wb") as f:
             f.write(b"half a checkpoint")
@@ -388,8 +407,6 @@ def test_max_seconds_stops_with_a_checkpoint(tmp_path):
 
 def test_fp16_gradient_scaler_path_resumes_exactly(tmp_path, monkeypatch):
     """The T4 path (float16 autocast + GradScaler), exercised on the CPU by forcing the autocast dtype."""
-    import imagen_edu.train as train_mod
-
     monkeypatch.setattr(train_mod, "resolve_amp", lambda amp, device: torch.float16)
     ref = regression_trainer(None, steps=6)
     assert ref.scaler.is_enabled()
@@ -405,37 +422,3 @@ def test_fp16_gradient_scaler_path_resumes_exactly(tmp_path, monkeypatch):
     tr2.train()
     assert tr2.losses == ref.losses and tr2.scaler.state_dict() == ref.scaler.state_dict()
     assert_bit_identical(full_state(tr2), full_state(ref))
-
-
-# ---------------------------------------------------------------------------------------------
-# real data sets: sharded, shuffled, resumable batches
-# ---------------------------------------------------------------------------------------------
-def test_dataset_batches_shard_and_cover_epochs():
-    data = torch.arange(10).float()[:, None] * torch.ones(1, 2)
-    one = DatasetBatches(data, 4, seed=1)
-    two = DatasetBatches(data, 4, seed=1)
-    for step in range(6):
-        whole = one.indices(step, 0, 1)
-        assert two.indices(step, 0, 2) + two.indices(step, 1, 2) == whole
-    stream = [i for s in range(5) for i in one.indices(s)]  # 20 items = 2 epochs of 10
-    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
-    assert stream[:10] != stream[10:]  # a new permutation each epoch
-    batch = one(2, 1, 2, None)
-    assert torch.equal(batch, data[one.indices(2, 1, 2)])
-    with pytest.raises(ValueError, match="world size 3"):
-        one.indices(0, 0, 3)
-    workers = DatasetBatches(data, 4, seed=1, num_workers=1)  # a DataLoader with a worker: same batches
-    rng = torch.get_rng_state()
-    for step in (0, 1, 4, 2):  # jumping to another step (a resume) restarts the loader there
-        assert torch.equal(workers(step, 1, 2, None), one(step, 1, 2, None))
-    assert torch.equal(torch.get_rng_state(), rng)  # starting loaders leaves the global generator alone
-
-
-def test_dataset_batches_train_like_a_procedural_source(tmp_path):
-    model, loss_fn, _ = regression_problem()
-    x, y = regression_problem(batch_size=40)[2](0, 0, 1, None)
-    ds = list(zip(x, y))
-    tr = Trainer(model, loss_fn, DatasetBatches(ds, 8, seed=0), TrainConfig(steps=4, batch_size=8, out_dir=tmp_path),
-                 progress=False, device="cpu")
-    losses = tr.train()
-    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)

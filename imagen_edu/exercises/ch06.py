@@ -1,6 +1,6 @@
 """Checks for the exercises of chapter 6 (scaling up): each takes the reader's function.
 
-Every check compares with :mod:`imagen_edu.train`, :mod:`imagen_edu.bench` or PyTorch itself on
+Every check compares with :mod:`imagen_edu.optim`, :mod:`imagen_edu.bench` or PyTorch itself on
 several inputs and returns a :class:`imagen_edu.exercises.Result`.
 """
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import run_check
-from ..train import ema_update, lr_at
+from ..optim import ema_update, lr_at
 
 
 def _is_number(v) -> bool:
