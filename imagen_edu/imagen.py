@@ -4,19 +4,19 @@ Saharia et al. 2022, *Photorealistic Text-to-Image Diffusion Models with Deep La
 Understanding* (``saharia2022imagen``), at toy scale on the shapes benchmark. Each idea has its
 own module; this one gathers their public names, so that a page can write ``imagen.X``:
 
-==================================  ============================================================
-module                              idea
-==================================  ============================================================
-:mod:`imagen_edu.text_encoders`     frozen text encoders by name (``canonical:lm+words``, ``t5:...``)
-:mod:`imagen_edu.guidance`          masked-mean pooling, classifier-free guidance (Section 2.2)
-:mod:`imagen_edu.thresholding`      static and dynamic thresholding of ``x0`` (Section 2.3)
-:mod:`imagen_edu.noise_augmentation` noise-conditioning augmentation of the low-res input (Section 2.4)
-:mod:`imagen_edu.stage`             a stage: its config, the text-conditioned model, save/load
-:mod:`imagen_edu.configs`           the recipes: a profile's stage configs (and the paper's)
-:mod:`imagen_edu.stage_training`    training one stage with :class:`imagen_edu.train.Trainer`
-:mod:`imagen_edu.cascade`           the cascade: base stage, then one or two SR stages
-:mod:`imagen_edu.evaluate`          the judge, and its verdicts on the cascade
-==================================  ============================================================
+====================================  ==================================================================
+module                                idea
+====================================  ==================================================================
+:mod:`imagen_edu.text_encoders`       frozen text encoders by name (``canonical:lm+words``, ``t5:...``)
+:mod:`imagen_edu.guidance`            masked-mean pooling, classifier-free guidance (Section 2.2)
+:mod:`imagen_edu.thresholding`        static and dynamic thresholding of ``x0`` (Section 2.3)
+:mod:`imagen_edu.noise_augmentation`  noise-conditioning augmentation of the low-res input (Section 2.4)
+:mod:`imagen_edu.stage`               a stage: its config, the text-conditioned model, save/load
+:mod:`imagen_edu.configs`             the recipes: a profile's stage configs (and the paper's)
+:mod:`imagen_edu.stage_training`      training one stage with :class:`imagen_edu.train.Trainer`
+:mod:`imagen_edu.cascade`             the cascade: base stage, then one or two SR stages
+:mod:`imagen_edu.evaluate`            the judge, and its verdicts on the cascade
+====================================  ==================================================================
 
 In short: a frozen text encoder turns a prompt into token embeddings ``(B, T, D)`` with a mask
 ``(B, T)``; every stage is a :class:`~imagen_edu.unet.UNet` that reads the tokens by
