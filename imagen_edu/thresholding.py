@@ -6,7 +6,8 @@ sampler may clip its prediction of the clean image before it computes the next s
 * :func:`static_threshold` clips elementwise (chapter 3's samplers do this by default);
 * :func:`dynamic_threshold` rescales a saturated sample back inside (Imagen, chapter 5).
 
-The samplers in :mod:`imagen_edu.diffusion` call these functions; nothing else clips ``x0``.
+The samplers in :mod:`imagen_edu.diffusion` call these functions (``model_predictions``); nothing
+else clips ``x0``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ __all__ = ["THRESHOLDS", "static_threshold", "dynamic_threshold"]
 def static_threshold(x0: torch.Tensor) -> torch.Tensor:
     """Static thresholding: clip the predicted ``x0 (B, ...)`` to ``[-1, 1]`` elementwise.
 
-    Derived in chapter 5, Eq. (ch5-eq-static). Saharia et al. 2022, Section 2.3.
+    Chapter 3's samplers clip with it (``clip_denoised=True``); derived in chapter 5,
+    Eq. (ch5-eq-static). Saharia et al. 2022, Section 2.3.
     """
     return x0.clamp(-1.0, 1.0)
 

@@ -65,10 +65,8 @@ def check_ddim_step(fn, verbose: bool = True):
         diff = GaussianDiffusion("linear", 50)
         xt, eps = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
         for t, t_prev in ((49, 30), (10, 9), (3, -1)):
-            model = lambda x, tt: eps  # noqa: E731
-            ref = diff.sample(model, xt.shape, sampler="ddim", steps=[t] + ([t_prev] if t_prev >= 0 else []),
-                              eta=0.0, noise=xt, clip_denoised=False, progress=False,
-                              dtype=torch.float64, return_trajectory=True)[1]["xt"][1]
+            tt, tp = torch.full((4,), t), torch.full((4,), t_prev)
+            ref = diff.ddim_step(diff.predict_x0_from_eps(xt, tt, eps), eps, tt, tp, eta=0.0)
             ab = diff.alphas_cumprod[t].item()
             ab_prev = diff.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
             _close(fn(xt, eps, ab, ab_prev), ref, f"x_prev for t={t} -> {t_prev}")
