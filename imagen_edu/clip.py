@@ -28,17 +28,19 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from . import checkpoints, profiles
 from .attention import LearnedPositions, Transformer
+from .data.captions import RELATIONS, all_objects, make_caption, parse_caption
+from .data.shapes import make_batch
 from .profiles import torch_threads
-from .train import lr_at
 from .tokenizer import WordTokenizer, default_tokenizer
+from .train import TrainConfig, Trainer
 
 __all__ = [
     "SHIPPED_NAME",
@@ -364,8 +366,6 @@ def flip_caption(caption: str) -> str:
     Circles, squares and apex-up triangles are mirror-symmetric, so a mirrored scene is again a
     valid scene of the grammar: a free data augmentation that also teaches left from right.
     """
-    from .data.captions import make_caption, parse_caption
-
     p = parse_caption(caption)
     if p.relation is None:
         return p.text
@@ -381,13 +381,17 @@ def train(model: CLIPModel, images: torch.Tensor, captions, *, steps: int, batch
           max_seconds: float | None = None, threads: int | None = 1) -> list[float]:
     """Train ``model`` with :func:`clip_loss` on a fixed pool of (image, caption) pairs.
 
-    Each step draws ``batch_size`` distinct pairs (a random permutation slice), mirrors each one
-    with probability 1/2 when ``flip`` (:func:`flip_caption`), and takes an AdamW step; the
-    learning rate warms up for ``warmup`` steps then decays with a cosine to 10%. After every
-    step the stored log-scale is clamped to ``[0, log 100]``. Stops with a ``FloatingPointError``
-    naming the step if the loss is NaN/inf; stops early (keeping what it learned) after
-    ``max_seconds`` if given. ``threads``: CPU threads torch may use meanwhile (the model is so
-    small that one thread is fastest, especially on a busy machine); ``None`` keeps torch's setting.
+    The recipe, run by chapter 6's :class:`imagen_edu.train.Trainer`: each step draws
+    ``batch_size`` distinct pairs (a random permutation slice), mirrors each one with probability
+    1/2 when ``flip`` (:func:`flip_caption`), and takes an AdamW step (``betas=(0.9, 0.98)``,
+    weight decay 0.01 on every parameter, gradient clipped to norm 1); the learning rate warms
+    up for ``warmup`` steps then decays with a cosine to 10% (:func:`imagen_edu.optim.lr_at`).
+    After every step the stored log-scale is clamped to ``[0, log 100]``
+    (:meth:`CLIPModel.clamp_logit_scale_`). No EMA. Stops with a ``FloatingPointError`` naming
+    the step if the loss is NaN/inf; stops early (keeping what it learned) after ``max_seconds``
+    if given. ``threads``: CPU threads torch may use meanwhile (the model is so small that one
+    thread is fastest, especially on a busy machine); ``None`` keeps torch's setting. The model
+    is left in eval mode.
 
     Args:
         images: ``(N, 3, R, R)`` in [-1, 1]; ``captions``: list of N strings.
@@ -410,53 +414,27 @@ def train(model: CLIPModel, images: torch.Tensor, captions, *, steps: int, batch
     fids, fmask = tok.batch_encode([flip_caption(c) for c in captions], max_len=ids.shape[1])
     ids, mask, fids, fmask = ids.to(device), mask.to(device), fids.to(device), fmask.to(device)
     images = images.to(device)
-    gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
 
-    # linear warm-up, then cosine decay to 10% (the trainer's schedule, chapter 6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_at, base_lr=1.0, warmup_steps=warmup,
-                                                           total_steps=steps, min_lr_ratio=0.1))
-    with torch_threads(threads, device):
-        return _train_loop(model, images, ids, mask, fids, fmask, gen, opt, sched, steps, batch_size, lr,
-                           flip, progress, max_seconds)
-
-
-def _train_loop(model, images, ids, mask, fids, fmask, gen, opt, sched, steps, batch_size, lr, flip, progress,
-                max_seconds):
-    from tqdm.auto import tqdm
-
-    device, n = images.device, images.shape[0]
-    model.train()
-    history: list[float] = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="training CLIP", disable=not progress, mininterval=0.5)
-    for step in bar:
+    def batch_fn(step, rank, world_size, gen):
         idx = torch.randperm(n, generator=gen)[:batch_size].to(device)
         x, b_ids, b_mask = images[idx], ids[idx], mask[idx]
-        if flip:
+        if flip:  # mirror the scene and swap "left of" / "right of" in its caption
             f = (torch.rand(batch_size, generator=gen) < 0.5).to(device)
             x = torch.where(f[:, None, None, None], x.flip(-1), x)
             b_ids = torch.where(f[:, None], fids[idx], b_ids)
             b_mask = torch.where(f[:, None], fmask[idx], b_mask)
-        value = model.loss(x, b_ids, b_mask)
-        if not torch.isfinite(value):
-            bar.close()
-            raise FloatingPointError(f"CLIP loss is {float(value.detach())} at step {step}: lower the learning "
-                                     f"rate (lr={lr}) or check the data")
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        model.clamp_logit_scale_()
-        history.append(float(value.detach()))
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{history[-1]:.3f}", scale=f"{float(model.logit_scale().detach()):.1f}")
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            break
-    bar.close()
+        return x, b_ids, b_mask
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.01, warmup_steps=warmup,
+                         min_lr_ratio=0.1, grad_clip=1.0, ema_decay=None, amp="off", betas=(0.9, 0.98),
+                         seed=int(seed), max_seconds=max_seconds)
+    trainer = Trainer(model, lambda m, batch: m.loss(*batch), batch_fn, config, device=device,
+                      progress=progress, desc="training CLIP", decay_vectors=True,
+                      after_update=CLIPModel.clamp_logit_scale_, generator=torch.Generator().manual_seed(int(seed)))
+    with torch_threads(threads, device):
+        losses = trainer.train()
     model.eval()
-    return history
+    return losses
 
 
 @dataclass
@@ -473,9 +451,6 @@ def train_clip(settings=None, seed: int = 0, device: str | None = None, progress
     """Build a :class:`CLIPModel` with the sizes of ``settings`` (a ``CLIPSettings``; default: the
     active profile's), render ``settings.n_train_images`` scenes of the ``train`` split and train
     on them. ``seconds`` counts rendering and training. Seeds torch for the initialisation."""
-    from . import profiles
-    from .data.shapes import make_batch
-
     prof = profiles.current()
     s = settings if settings is not None else prof.clip
     device = device or prof.device
@@ -497,8 +472,6 @@ def train_clip(settings=None, seed: int = 0, device: str | None = None, progress
 # ---------------------------------------------------------------------------------------------
 def class_captions() -> list[str]:
     """The 18 one-object captions ``a COLOUR SHAPE``, one per colour-shape class (hue order)."""
-    from .data.captions import all_objects, make_caption
-
     return [make_caption([o]) for o in all_objects()]
 
 
@@ -584,8 +557,6 @@ def relation_probe(model: CLIPModel, images: torch.Tensor, captions) -> dict:
 
     Returns ``{"relation": acc, "swap_colours": acc, "swap_shapes": acc, "n": N, "n_swap_shapes": M}``.
     """
-    from .data.captions import RELATIONS, make_caption, parse_caption
-
     captions = list(captions)
     if images.shape[0] != len(captions):
         raise ValueError(f"got {images.shape[0]} images but {len(captions)} captions")
@@ -618,8 +589,6 @@ EVAL_SEED = 0
 
 def eval_data(split: str, n: int, two_objects: bool, resolution: int = 32):
     """The fixed evaluation images of a split: ``n`` one-object (or two-object) scenes, seed 0."""
-    from .data.shapes import make_batch
-
     return make_batch(n, split, resolution, seed=EVAL_SEED, two_object_fraction=1.0 if two_objects else 0.0)
 
 
@@ -652,8 +621,6 @@ def evaluate(model: CLIPModel, n_zero_shot: int = 180, n_retrieval: int = 100) -
 # ---------------------------------------------------------------------------------------------
 def save_model(path, model: CLIPModel, extra: dict | None = None):
     """Write the model, its config and its tokenizer to a safetensors file (atomically)."""
-    from . import checkpoints
-
     meta = {"config": asdict(model.config), "tokenizer": model.tokenizer.to_json(), "kind": "imagen_edu.clip"}
     meta.update(extra or {})
     return checkpoints.save(path, model.state_dict(), meta)
@@ -670,8 +637,6 @@ def _model_from(state: dict, meta: dict, device: str) -> CLIPModel:
 
 def load_model(path, device: str = "cpu") -> tuple[CLIPModel, dict]:
     """Load a checkpoint written by :func:`save_model`: ``(model in eval mode, metadata)``."""
-    from . import checkpoints
-
     state, meta = checkpoints.load(path, device=device)
     return _model_from(state, meta, device), meta
 
@@ -684,8 +649,6 @@ def load_shipped(name: str = SHIPPED_NAME, device: str = "cpu") -> CLIPModel:
 
     Cached per (name, device, file hash): repeated :func:`clip_score` calls do not reload it.
     """
-    from . import checkpoints
-
     digest = checkpoints.entry(name)["sha256"]
     key = (name, str(device), digest)
     if key not in _SHIPPED_CACHE:
@@ -750,8 +713,6 @@ def rerank(images: torch.Tensor, caption: str, model: CLIPModel | None = None) -
 # ---------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     """``python -m imagen_edu.clip {train,eval}``; see the module docstring."""
-    from . import checkpoints
-
     def train_and_measure(prof, seed, out):
         res = train_clip(prof.clip, seed=seed, progress=sys.stderr.isatty())
         model = res.model.to("cpu").eval()

@@ -26,17 +26,18 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from . import checkpoints, profiles
 from .attention import LearnedPositions, Transformer
+from .data.captions import caption_corpus, parse_caption
 from .profiles import torch_threads
-from .train import lr_at
 from .tokenizer import WordTokenizer, default_tokenizer
+from .train import TrainConfig, Trainer
 
 __all__ = [
     "LMConfig",
@@ -57,15 +58,10 @@ __all__ = [
     "load_model",
     "load_shipped",
     "SHIPPED_NAME",
-    "cpu_threads",
 ]
 
 #: manifest name of the shipped chapter-2 model
 SHIPPED_NAME = "lm"
-
-
-#: Run torch on ``n`` CPU threads inside a ``with`` block (see :func:`imagen_edu.profiles.torch_threads`).
-cpu_threads = torch_threads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +240,7 @@ def perplexity(model: nn.Module, tok: WordTokenizer, texts, batch_size: int = 51
     model.eval()
     device = next(iter(model.buffers() if isinstance(model, BigramLM) else model.parameters())).device
     total, count = 0.0, 0
-    with cpu_threads(1, device):
+    with torch_threads(1, device):
         for i in range(0, len(texts), batch_size):
             ids, mask = tok.batch_encode(texts[i:i + batch_size])
             ids, mask = ids.to(device), mask.to(device)
@@ -340,7 +336,7 @@ def sample(model: nn.Module, tok: WordTokenizer, n: int = 8, temperature: float 
     ids = torch.tensor([start] * n, dtype=torch.long, device=device)          # (n, t0)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     banned = torch.tensor([tok.pad_id, tok.bos_id, tok.unk_id], device=device)
-    with cpu_threads(1, device):
+    with torch_threads(1, device):
         while ids.shape[1] < max_len and not bool(done.all()):
             logits = model(ids)[:, -1, :].float()                               # (n, V)
             logits[:, banned] = float("-inf")
@@ -357,8 +353,6 @@ def grammar_rate(model: nn.Module, tok: WordTokenizer, n: int = 200, seed: int =
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  verbose: bool = True) -> float:
     """The share of ``n`` sampled captions that parse in the shapes grammar (0..1); prints it."""
-    from .data.captions import parse_caption
-
     caps = sample(model, tok, n=n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     ok = 0
     for c in caps:
@@ -380,52 +374,37 @@ def train(model: nn.Module, tok: WordTokenizer, texts, *, steps: int, batch_size
           seed: int = 0, warmup: int = 20, progress: bool = True, threads: int | None = 1) -> list[float]:
     """Train ``model`` on ``texts`` by minimising :func:`loss` with AdamW; return the loss per step.
 
-    Batches of ``batch_size`` captions are drawn with replacement by a generator seeded with
-    ``seed``; the learning rate warms up linearly for ``warmup`` steps, then decays with a cosine
-    to 10%. Stops with a ``FloatingPointError`` naming the step if the loss becomes NaN/inf.
+    The recipe, run by chapter 6's :class:`imagen_edu.train.Trainer`: each step draws
+    ``batch_size`` captions with replacement (``torch.randint`` from a generator seeded with
+    ``seed``), AdamW (``betas=(0.9, 0.98)``, weight decay 0.01 on every parameter) takes a step
+    on the gradient clipped to norm 1, and the learning rate warms up linearly for ``warmup``
+    steps, then decays with a cosine to 10% (:func:`imagen_edu.optim.lr_at`). No EMA. Stops with
+    a ``FloatingPointError`` naming the step if the loss becomes NaN/inf. The model is left in
+    eval mode.
 
-    ``threads``: CPU threads torch may use while training (see :func:`cpu_threads`); ``None``
-    keeps torch's setting.
+    ``threads``: CPU threads torch may use while training (see
+    :func:`imagen_edu.profiles.torch_threads`); ``None`` keeps torch's setting.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     device = _device_of(model)
     all_ids, all_mask = tok.batch_encode(list(texts))
     all_ids, all_mask = all_ids.to(device), all_mask.to(device)
-    gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
 
-    # linear warm-up, then cosine decay to 10% (the trainer's schedule, chapter 6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_at, base_lr=1.0, warmup_steps=warmup,
-                                                           total_steps=steps, min_lr_ratio=0.1))
-    with cpu_threads(threads, device):
-        return _train_loop(model, all_ids, all_mask, gen, opt, sched, steps, batch_size, lr, progress, tqdm)
-
-
-def _train_loop(model, all_ids, all_mask, gen, opt, sched, steps, batch_size, lr, progress, tqdm):
-    device = all_ids.device
-    model.train()
-    history: list[float] = []
-    bar = tqdm(range(steps), desc="training LM", disable=not progress, mininterval=0.5)
-    for step in bar:
+    def batch_fn(step, rank, world_size, gen):
         idx = torch.randint(0, all_ids.shape[0], (batch_size,), generator=gen).to(device)
-        value = loss(model, all_ids[idx], all_mask[idx])
-        if not torch.isfinite(value):
-            bar.close()
-            raise FloatingPointError(f"loss is {float(value.detach())} at step {step}: lower the learning rate "
-                                     f"(lr={lr}) or check the data")
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        history.append(float(value.detach()))
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{history[-1]:.3f}")
+        return all_ids[idx], all_mask[idx]
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.01, warmup_steps=warmup,
+                         min_lr_ratio=0.1, grad_clip=1.0, ema_decay=None, amp="off", betas=(0.9, 0.98),
+                         seed=int(seed))
+    trainer = Trainer(model, lambda m, batch: loss(m, *batch), batch_fn, config, device=device,
+                      progress=progress, desc="training LM", decay_vectors=True,
+                      generator=torch.Generator().manual_seed(int(seed)))
+    with torch_threads(threads, device):
+        losses = trainer.train()
     model.eval()
-    return history
+    return losses
 
 
 @dataclass
@@ -442,9 +421,6 @@ class TrainResult:
 def train_lm(settings=None, seed: int = 0, device: str | None = None, progress: bool = True) -> TrainResult:
     """Build a :class:`GPTLM` with the sizes of ``settings`` (an ``LMSettings``; default: the
     active profile's) and train it on the ``train`` caption split. Seeds torch for the init."""
-    from . import profiles
-    from .data.captions import caption_corpus
-
     prof = profiles.current()
     s = settings if settings is not None else prof.lm
     device = device or prof.device
@@ -464,8 +440,6 @@ def train_lm(settings=None, seed: int = 0, device: str | None = None, progress: 
 # ---------------------------------------------------------------------------------------------
 def save_model(path, model: GPTLM, tok: WordTokenizer, extra: dict | None = None):
     """Save ``model`` and its tokenizer's vocabulary to a safetensors file (atomic)."""
-    from . import checkpoints
-
     meta = {"kind": "imagen_edu.lm.GPTLM", "config": asdict(model.config),
             "vocab": json.loads(tok.to_json()), **(extra or {})}
     return checkpoints.save(path, model.state_dict(), meta)
@@ -482,8 +456,6 @@ def _model_from(state: dict, meta: dict, device: str):
 
 def load_model(path, device: str = "cpu") -> tuple[GPTLM, WordTokenizer, dict]:
     """Load a model saved by :func:`save_model`: ``(model in eval mode, tokenizer, metadata)``."""
-    from . import checkpoints
-
     state, meta = checkpoints.load(path)
     model, tok = _model_from(state, meta, device)
     return model, tok, meta
@@ -491,8 +463,6 @@ def load_model(path, device: str = "cpu") -> tuple[GPTLM, WordTokenizer, dict]:
 
 def load_shipped(name: str = SHIPPED_NAME, device: str = "cpu") -> tuple[GPTLM, WordTokenizer]:
     """The shipped chapter-2 model (sha256 checked against ``data/checkpoints/manifest.json``)."""
-    from . import checkpoints
-
     state, meta = checkpoints.load_shipped(name, device="cpu")
     return _model_from(state, meta, device)
 
@@ -501,8 +471,6 @@ def evaluate(model: nn.Module, tok: WordTokenizer, n_samples: int = 200, seed: i
              verbose: bool = False) -> dict:
     """The chapter's figures: grammar rate of ``n_samples`` samples (seed ``seed``) and the
     perplexity of the train captions and of the captions with held-out pairs."""
-    from .data.captions import caption_corpus
-
     return {
         "grammar_rate": grammar_rate(model, tok, n=n_samples, seed=seed, verbose=verbose),
         "n_samples": n_samples,
@@ -514,8 +482,6 @@ def evaluate(model: nn.Module, tok: WordTokenizer, n_samples: int = 200, seed: i
 
 def main(argv=None) -> int:
     """``python -m imagen_edu.lm {train,eval}``; see the module docstring."""
-    from . import checkpoints
-
     def train_and_measure(prof, seed, out):
         res = train_lm(prof.lm, seed=seed, progress=sys.stderr.isatty())
         model = res.model.to("cpu").eval()

@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imagen_edu import checkpoints, clip
-from imagen_edu.data.shapes import make_batch
+from imagen_edu import checkpoints, clip, evaluate, profiles
+from imagen_edu.data.shapes import make_batch, render_captions
+from imagen_edu.exercises import ch04
+from imagen_edu.optim import lr_at
 
 
 def reference_clip_loss(u, v, s):
@@ -47,6 +49,8 @@ def test_clip_loss_matches_loop_reference(b, d, s):
 
 
 def test_clip_loss_matches_cross_entropy_of_logits_and_tensor_scale():
+    """Eq. (ch4-eq-infonce): the mean of the two directions, (CE(rows) + CE(columns)) / 2, of the
+    logits s * normalize(U) normalize(V)^T."""
     g = torch.Generator().manual_seed(1)
     u, v = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
     s = torch.tensor(7.0)
@@ -58,6 +62,8 @@ def test_clip_loss_matches_cross_entropy_of_logits_and_tensor_scale():
 
 
 def test_clip_loss_symmetric_in_its_two_directions():
+    """InfoNCE symmetry: swapping images and captions leaves the loss unchanged, although each
+    direction alone is not symmetric (a loss of one direction only fails here)."""
     g = torch.Generator().manual_seed(2)
     u, v = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
     torch.testing.assert_close(clip.clip_loss(u, v, 10.0), clip.clip_loss(v, u, 10.0))
@@ -88,6 +94,8 @@ def test_clip_loss_tends_to_zero_for_aligned_batch_as_scale_grows():
 
 @pytest.mark.parametrize("b", [1, 2, 7, 32])
 def test_clip_loss_is_log_b_for_identical_embeddings(b):
+    """InfoNCE is the mean, not the sum, of its two directions: identical embeddings give log B
+    (chance among B), where a sum would give 2 log B."""
     u = torch.randn(1, 5).expand(b, 5)
     assert float(clip.clip_loss(u, u.clone(), 37.0)) == pytest.approx(math.log(b), abs=1e-5)
 
@@ -160,6 +168,8 @@ def test_text_encoder_bad_inputs(tiny):
 
 
 def test_logit_scale_init_and_clamp():
+    """The learned temperature (CLIP, Section 2.5): t = log(1 / tau) starts at log(1 / 0.07) and the
+    logit scale exp(t) is clamped at 100; the stored t is clamped to [0, log 100]."""
     m = clip.CLIPModel(clip.CLIPConfig(vocab_size=19, image_size=16, width=16, text_heads=2))
     assert float(m.logit_scale().detach()) == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
@@ -184,9 +194,62 @@ def test_flip_caption():
 
 
 # ------------------------------------------------------------------------------- training
-def test_training_reduces_loss_under_ci_profile():
-    from imagen_edu import profiles
+def test_train_runs_the_chapter_recipe_bit_for_bit():
+    """The chapter-4 recipe, now run by train.Trainer, step for step: a permutation slice of distinct
+    pairs and a coin flip per pair for mirroring (both from ``Generator().manual_seed(seed)``), AdamW
+    (betas (0.9, 0.98), weight decay 0.01 on every parameter), warm-up then cosine to 10% as
+    ``LambdaLR`` computes it, gradient norm clipped to 1, the clamp of t after each step, no EMA.
+    The hand-written loop gives the same losses and weights bit for bit."""
+    cfg = clip.CLIPConfig(vocab_size=19, image_size=16, width=16, embed_dim=8, text_layers=1, text_heads=2)
+    x, caps = make_batch(24, "train", 16, seed=0, two_object_fraction=1.0)
+    steps, batch, lr, warm = 8, 8, 1e-2, 3
 
+    def build():
+        torch.manual_seed(0)
+        return clip.CLIPModel(cfg)
+
+    ref = build()
+    tok = ref.tokenizer
+    ids, mask = tok.batch_encode(caps)
+    fids, fmask = tok.batch_encode([clip.flip_caption(c) for c in caps], max_len=ids.shape[1])
+    gen = torch.Generator().manual_seed(5)
+    opt = torch.optim.AdamW(ref.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_at(s, base_lr=1.0, warmup_steps=warm, total_steps=steps, min_lr_ratio=0.1))
+    ref_losses = []
+    for _ in range(steps):
+        idx = torch.randperm(len(caps), generator=gen)[:batch]
+        f = torch.rand(batch, generator=gen) < 0.5
+        xb = torch.where(f[:, None, None, None], x[idx].flip(-1), x[idx])
+        b_ids, b_mask = torch.where(f[:, None], fids[idx], ids[idx]), torch.where(f[:, None], fmask[idx], mask[idx])
+        value = ref.loss(xb, b_ids, b_mask)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ref.clamp_logit_scale_()
+        ref_losses.append(value.item())
+    model = build()
+    losses = clip.train(model, x, caps, steps=steps, batch_size=batch, lr=lr, seed=5, warmup=warm, progress=False)
+    assert losses == ref_losses
+    for (name, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not model.training
+
+
+def test_training_clamps_the_temperature_after_every_step(tiny):
+    """The clamp of the learned temperature during training: a stored t beyond log 100 is brought
+    back to log 100 after the optimizer step (the logit scale never exceeds 100)."""
+    m = clip.CLIPModel(tiny.config)
+    with torch.no_grad():
+        m.log_logit_scale.fill_(10.0)
+    x, caps = make_batch(8, "train", 16, seed=0)
+    clip.train(m, x, caps, steps=1, batch_size=4, lr=1e-3, progress=False)
+    assert float(m.log_logit_scale.detach()) == pytest.approx(math.log(100.0), rel=1e-6)
+
+
+def test_training_reduces_loss_under_ci_profile():
     res = clip.train_clip(profiles.current().clip, seed=0, progress=False)
     assert len(res.losses) == profiles.current().clip.steps
     assert all(math.isfinite(x) for x in res.losses)
@@ -284,8 +347,6 @@ def test_cli_train_under_ci(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------- exercises
 def test_exercise_checks_pass_right_answers_and_fail_wrong_ones():
-    from imagen_edu.exercises import ch04
-
     assert ch04.check_clip_loss(clip.clip_loss, verbose=False)
     assert not ch04.check_clip_loss(lambda u, v, s: F.cross_entropy(s * u @ v.T, torch.arange(len(u))),
                                     verbose=False)
@@ -301,9 +362,6 @@ def test_exercise_checks_pass_right_answers_and_fail_wrong_ones():
 
 def test_evaluate_reexports_clip_metrics():
     """evaluate.clip_score / evaluate.rerank are the chapter-4 functions, reached from the judge module."""
-    from imagen_edu import clip, evaluate
-    from imagen_edu.data.shapes import render_captions
-
     caps = ["a red circle", "a blue square", "a green triangle left of a red square"]
     imgs = render_captions(caps, resolution=32)
     torch.testing.assert_close(evaluate.clip_score(imgs, caps), clip.clip_score(imgs, caps))

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from imagen_edu import checkpoints, lm, profiles
 from imagen_edu.data.captions import caption_corpus, parse_caption
+from imagen_edu.exercises import ch02
+from imagen_edu.optim import lr_at
 from imagen_edu.tokenizer import default_tokenizer
 
 
@@ -39,7 +41,8 @@ def test_shapes_and_config_validation(model, tok):
 
 
 def test_causal_property(model, tok):
-    """Changing token t+1.. never changes the logits at positions <= t (Eq. ch2-eq-chain)."""
+    """The causal mask of the GPT, Eq. (ch2-eq-chain): changing tokens t, t+1, ... never changes the
+    logits at positions < t (a future token must not change a past logit), and does change position t."""
     ids, _ = tok.batch_encode(["a red circle left of a blue square"])
     out = model(ids)
     for t in range(1, ids.shape[1]):
@@ -76,6 +79,8 @@ def test_loss_equals_hand_computed_cross_entropy(model, tok):
 
 
 def test_token_nll_ignores_padding_and_perplexity_is_exp_mean(model, tok):
+    """Eq. (ch2-eq-ppl): perplexity = exp(mean NLL over every predicted token of the corpus), padding
+    excluded; captions of different lengths make it differ from the mean of per-caption perplexities."""
     texts = ["a red circle", "a blue square left of a green circle"]
     ids, mask = tok.batch_encode(texts)
     nll = lm.token_nll(model, ids, mask)
@@ -173,6 +178,44 @@ def test_sampled_model_never_emits_pad_bos_unk(model, tok):
 
 
 # ---------------------------------------------------------------------------------- training
+def test_train_runs_the_chapter_recipe_bit_for_bit(tok):
+    """The chapter-2 recipe, now run by train.Trainer, step for step: batches drawn by ``torch.randint``
+    from ``Generator().manual_seed(seed)``, AdamW (betas (0.9, 0.98), weight decay 0.01 on every
+    parameter), warm-up then cosine to 10% as ``LambdaLR`` computes it, gradient norm clipped to 1,
+    no EMA. The hand-written loop gives the same losses and weights bit for bit (what keeps the shipped
+    model reproducible by its manifest command)."""
+    texts = caption_corpus("train")
+    steps, batch, lr, warm = 12, 16, 3e-2, 4
+
+    def build():
+        torch.manual_seed(0)
+        return lm.GPTLM(lm.LMConfig(tok.vocab_size, d_model=32, n_heads=4, n_layers=2))
+
+    ref = build()
+    ids, mask = tok.batch_encode(texts)
+    gen = torch.Generator().manual_seed(3)
+    opt = torch.optim.AdamW(ref.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_at(s, base_lr=1.0, warmup_steps=warm, total_steps=steps, min_lr_ratio=0.1))
+    ref_losses, norms = [], []
+    for _ in range(steps):
+        idx = torch.randint(0, ids.shape[0], (batch,), generator=gen)
+        value = lm.loss(ref, ids[idx], mask[idx])
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)))
+        opt.step()
+        sched.step()
+        ref_losses.append(value.item())
+    assert max(norms) > 1.0  # the clipping binds, so a change of it shows
+    model = build()
+    losses = lm.train(model, tok, texts, steps=steps, batch_size=batch, lr=lr, seed=3, warmup=warm, progress=False)
+    assert losses == ref_losses
+    for (name, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not model.training
+
+
 def test_training_lowers_the_loss_under_ci(tok):
     s = profiles.get("ci").lm
     torch.manual_seed(0)
@@ -228,8 +271,6 @@ def test_cli_train_and_eval(tmp_path, capsys):
 
 # ------------------------------------------------------------------------- exercise checks
 def test_chapter2_exercise_checks_pass_right_and_fail_wrong_answers():
-    from imagen_edu.exercises import ch02
-
     def counts(tok, texts):
         return lm.BigramLM.fit(tok, texts, alpha=0.0).counts
 
