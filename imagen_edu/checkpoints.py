@@ -15,6 +15,7 @@ same way:
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import hashlib
 import json
@@ -22,7 +23,11 @@ import os
 import tempfile
 from pathlib import Path
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
+
+from . import DATA_DIR, profiles
 
 __all__ = [
     "CheckpointError",
@@ -53,8 +58,6 @@ class CheckpointError(ValueError):
 
 def checkpoint_dir() -> Path:
     """``imagen_edu.DATA_DIR / "checkpoints"``: where shipped checkpoints and the manifest live."""
-    from . import DATA_DIR
-
     return Path(DATA_DIR) / "checkpoints"
 
 
@@ -96,8 +99,6 @@ def save(path, state_dict: dict, metadata: dict | None = None) -> Path:
     Returns:
         The path written.
     """
-    from safetensors.torch import save_file
-
     if not isinstance(state_dict, dict) or not state_dict:
         raise TypeError("state_dict must be a non-empty dict of name -> torch.Tensor")
     tensors = {}
@@ -115,7 +116,7 @@ def save(path, state_dict: dict, metadata: dict | None = None) -> Path:
             raise TypeError(f"metadata[{k!r}] is not JSON-serialisable: {err}") from None
     meta = {META_KEY: json.dumps({"format": FORMAT, "metadata": metadata}, sort_keys=True)}
     path = Path(path)
-    _atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    _atomic_write_bytes(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
     return path
 
 
@@ -130,8 +131,6 @@ def load(path, device: str = "cpu") -> tuple[dict, dict]:
         FileNotFoundError: no such file.
         CheckpointError (a ValueError): the file is truncated, corrupt or not safetensors.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -278,10 +277,6 @@ def model_cli(argv, *, prog: str, description: str, name: str, filename: str,
     the manifest recorded for the shipped checkpoint (``{}`` with ``--ckpt``), and prints the
     metrics as JSON, with the recorded ``train_seconds`` when there is one. Returns the exit code.
     """
-    import argparse
-
-    from . import profiles
-
     ap = argparse.ArgumentParser(prog=prog, description=description)
     sub = ap.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train, save a checkpoint and record it in the manifest")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .data.captions import caption_corpus
+
 __all__ = ["PAD", "BOS", "EOS", "UNK", "SPECIALS", "WordTokenizer", "default_tokenizer"]
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -180,6 +182,4 @@ class WordTokenizer:
 
 def default_tokenizer() -> WordTokenizer:
     """The tokenizer over every word of the shapes caption grammar (19 tokens)."""
-    from .data.captions import caption_corpus
-
     return WordTokenizer.from_texts(caption_corpus("all"))

@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 
 from . import Result, run_check
+from ..data.captions import caption_corpus
+from ..lm import filter_logits
+from ..tokenizer import default_tokenizer
 
 __all__ = ["check_bigram_counts", "check_next_token_loss", "check_top_p"]
 
@@ -18,9 +21,6 @@ def check_bigram_counts(fn, verbose: bool = True) -> Result:
     in the encoded texts (with ``<bos>`` and ``<eos>``), Eq. (ch2-eq-bigram)."""
 
     def check():
-        from ..data.captions import caption_corpus
-        from ..tokenizer import default_tokenizer
-
         tok = default_tokenizer()
         for texts in (["a red circle"], ["a red circle", "a red square left of a blue circle"],
                       caption_corpus("train")[::7]):
@@ -68,8 +68,6 @@ def check_top_p(fn, verbose: bool = True) -> Result:
     keep the most likely tokens until their probability reaches ``p`` (always at least one)."""
 
     def check():
-        from ..lm import filter_logits
-
         g = torch.Generator().manual_seed(1)
         cases = [(torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]])), 0.8)]
         cases += [(torch.randn(3, 11, generator=g) * 2, p) for p in (0.3, 0.9, 1.0)]
