@@ -36,7 +36,7 @@ from torch import nn
 
 from . import checkpoints, profiles
 from .attention import LearnedPositions, Transformer
-from .data.captions import RELATIONS, all_objects, make_caption, parse_caption
+from .data.captions import RELATIONS, all_objects, make_caption, mirror_caption, parse_caption
 from .data.shapes import make_batch
 from .profiles import torch_threads
 from .tokenizer import WordTokenizer, default_tokenizer
@@ -357,19 +357,11 @@ class CLIPModel(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-_FLIP_RELATION = {"left of": "right of", "right of": "left of", "above": "above", "below": "below"}
-
-
-def flip_caption(caption: str) -> str:
-    """The caption of the horizontally mirrored scene: "left of" <-> "right of", the rest unchanged.
-
-    Circles, squares and apex-up triangles are mirror-symmetric, so a mirrored scene is again a
-    valid scene of the grammar: a free data augmentation that also teaches left from right.
-    """
-    p = parse_caption(caption)
-    if p.relation is None:
-        return p.text
-    return make_caption(p.objects, _FLIP_RELATION[p.relation])
+#: The caption of the horizontally mirrored scene ("left of" <-> "right of", the rest unchanged):
+#: :func:`imagen_edu.data.captions.mirror_caption`, the grammar's one mirror table. Circles,
+#: squares and apex-up triangles are mirror-symmetric, so a mirrored scene is again a valid scene
+#: of the grammar: a free data augmentation that also teaches left from right.
+flip_caption = mirror_caption
 
 
 def _device_of(model: nn.Module) -> torch.device:
