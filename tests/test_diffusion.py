@@ -238,7 +238,8 @@ def test_v_is_defined_as_in_salimans_and_ho():
 
 
 def test_reverse_mean_is_eq11_for_eps_model():
-    """Posterior mean with x0^ plugged in = (x_t - beta/sqrt(1-abar) eps) / sqrt(alpha), Eq. (11)."""
+    """Eqs. (ch3-eq-reverse) and (ch3-eq-reverse-mean) (Ho et al. Eq. 11): the posterior mean with x0^ plugged in
+    is (x_t - beta/sqrt(1-abar) eps) / sqrt(alpha); sigma^2 is beta~ (fixed_small) or beta (fixed_large)."""
     diff = GaussianDiffusion("linear", 100)
     eps_hat = torch.randn(4, 2, dtype=torch.float64)
     xt = torch.randn(4, 2, dtype=torch.float64)
@@ -252,7 +253,8 @@ def test_reverse_mean_is_eq11_for_eps_model():
 
 
 def test_elbo_term_is_weighted_eps_error_eq12():
-    """KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) = beta^2 / (2 sigma^2 alpha (1-abar)) ||eps - eps^||^2."""
+    """Eq. (ch3-eq-kl-weight) (Ho et al. Eq. 12): KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t))
+    = beta^2 / (2 sigma^2 alpha (1-abar)) ||eps - eps^||^2."""
     diff = GaussianDiffusion("cosine", 100)
     x0, eps = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
     eps_hat = eps + 0.3 * torch.randn(5, 8, dtype=torch.float64)

@@ -48,7 +48,7 @@ def first_step(diff, sampler, t, t_prev, eta=0.0, seed=5):
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
 @pytest.mark.parametrize("t,t_prev", [(80, 55), (30, 29)])
 def test_ddpm_step_is_posterior_mean_plus_sigma_z(objective, variance, t, t_prev):
-    """Algorithm 2 of Ho et al. on the respaced pair: x_prev = mu~(x_t, x0_hat) + sigma z, with Eq. (7)'s
+    """Eq. (ch3-eq-ancestral), Algorithm 2 of Ho et al. on the respaced pair: x_prev = mu~(x_t, x0_hat) + sigma z, with Eq. (7)'s
     mu~ and beta~ for alpha' = abar_t / abar_prev and sigma^2 = beta~ (fixed_small) or beta' (fixed_large)."""
     diff = GaussianDiffusion("cosine", T, objective=objective, variance=variance)
     xT, states, z = first_step(diff, "ddpm", t, t_prev)
@@ -71,7 +71,7 @@ def test_ddpm_step_is_posterior_mean_plus_sigma_z(objective, variance, t, t_prev
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("objective", ["eps", "x0", "v"])
 def test_ddim_step_is_eq12_plus_sigma_z(objective, eta):
-    """Eq. (12) of Song et al.: x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z,
+    """Eq. (ch3-eq-ddim) (Song et al. Eq. 12): x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z,
     sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev) (Eq. 16); z only when eta > 0."""
     t, t_prev = 90, 40
     diff = GaussianDiffusion("linear", T, objective=objective)
