@@ -83,6 +83,8 @@ def test_dynamic_threshold_bad_input():
 
 # ------------------------------------------------------------------ guidance
 def test_guidance_w1_is_conditional_w0_unconditional(stages, encoder):
+    """Classifier-free guidance, Eq. (ch5-eq-cfg): w = 1 gives the conditional prediction, w = 0 the
+    unconditional one, and the w = 1 shortcut skips the unconditional half."""
     st = stages["base"]
     emb, mask = text(encoder, ["a red circle", "a blue square left of a green circle"])
     g = torch.Generator().manual_seed(0)
@@ -100,6 +102,7 @@ def test_guidance_w1_is_conditional_w0_unconditional(stages, encoder):
 
 
 def test_guidance_in_output_space_equals_guidance_in_eps_space(stages, encoder):
+    """Guidance on a v-model's output equals guidance on its eps (affine maps commute with an affine combination)."""
     st = stages["base"]  # a v-model
     assert st.config.objective == "v"
     diff = st.diffusion
@@ -122,6 +125,8 @@ def test_guidance_rejects_negative(stages, encoder):
 
 # ------------------------------------------------------------------ conditioning dropout and masks
 def test_cond_dropout_replaces_exactly_the_dropped_rows(stages, encoder):
+    """Text dropout (Eq. ch5-eq-drop): a dropped row gets the null token at position 0 (the only
+    unmasked one) and the null pooled vector; the other rows are untouched."""
     st = stages["base"]
     emb, mask = text(encoder, ["a red circle", "a blue square left of a green circle", "a cyan triangle"])
     drop = torch.tensor([False, True, False])
@@ -139,6 +144,7 @@ def test_cond_dropout_replaces_exactly_the_dropped_rows(stages, encoder):
 
 
 def test_training_uses_drop_probability(stages, encoder, monkeypatch):
+    """Text dropout without the trainer: training_loss drops rows at rate cond_drop_prob."""
     st = stages["base"]
     seen = {}
     real = im.ImagenStage.condition
@@ -156,6 +162,8 @@ def test_training_uses_drop_probability(stages, encoder, monkeypatch):
 
 
 def test_text_mask_honoured_end_to_end(stages, encoder):
+    """Padding is ignored end to end: a prompt gives the same output alone or padded in a batch, and
+    values at padded positions change nothing (masked pooling and masked cross-attention)."""
     st = stages["base"]
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([30])
@@ -172,6 +180,8 @@ def test_text_mask_honoured_end_to_end(stages, encoder):
 
 # ------------------------------------------------------------------ noise-conditioning augmentation
 def test_nca_level_zero_is_identity_and_level_one_is_noise():
+    """Noise-conditioning augmentation, Eq. (ch5-eq-nca): level 0 is the identity, level 1 pure noise,
+    in between the forward process sqrt(abar) x + sqrt(1 - abar) eps."""
     low = torch.rand(4, 3, 8, 8) * 2 - 1
     torch.testing.assert_close(im.augment_lowres(low, 0.0), low)
     noise = torch.randn_like(low)
@@ -186,6 +196,7 @@ def test_nca_level_zero_is_identity_and_level_one_is_noise():
 
 
 def test_nca_model_receives_the_level(stages, encoder, monkeypatch):
+    """Noise-conditioning augmentation: the U-Net is given the level (per row in training, fixed at sampling)."""
     st = stages["sr1"]
     seen = []
     real = st.unet.forward
