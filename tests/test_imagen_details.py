@@ -34,6 +34,19 @@ def stages(encoder):
     return out
 
 
+def unet_inputs(stage, monkeypatch) -> dict:
+    """The keyword inputs of the stage's U-Net at its latest call (filled in as it runs)."""
+    seen = {}
+    real = stage.unet.forward
+
+    def spy(x, t, **kw):
+        seen.update(kw)
+        return real(x, t, **kw)
+
+    monkeypatch.setattr(stage.unet, "forward", spy)
+    return seen
+
+
 def test_guide_is_uncond_plus_w_times_the_difference():
     """Classifier-free guidance, Eq. (ch5-eq-cfg): ``uncond + w (cond - uncond)``; ``w = 1`` is the
     conditional prediction, ``w = 0`` the unconditional one."""
@@ -104,14 +117,7 @@ def test_dropped_rows_train_on_the_learned_null_text(stages, encoder, monkeypatc
     """Text dropout in the stage loss: a row marked ``drop`` reaches the U-Net as the learned null
     token (the only unmasked position) and the null pooled vector; the other rows keep their text."""
     st = stages["base"]
-    seen = {}
-    real = st.unet.forward
-
-    def spy(x, t, **kw):
-        seen.update(kw)
-        return real(x, t, **kw)
-
-    monkeypatch.setattr(st.unet, "forward", spy)
+    seen = unet_inputs(st, monkeypatch)
     emb, mask = encoder.encode(["a red circle", "a blue square left of a green circle"])
     loss = StageLoss(st, emb, mask)
     drop = torch.tensor([True, False])
@@ -149,14 +155,7 @@ def test_stage_loss_gives_the_network_the_augmented_image_and_its_level(stages, 
     """Noise-conditioning augmentation: in training the SR U-Net sees the low-res image noised to
     the row's level, ``sqrt(abar(a)) x + sqrt(1 - abar(a)) eps``, and is told ``a``."""
     st = stages["sr1"]
-    seen = {}
-    real = st.unet.forward
-
-    def spy(x, t, **kw):
-        seen.update(kw)
-        return real(x, t, **kw)
-
-    monkeypatch.setattr(st.unet, "forward", spy)
+    seen = unet_inputs(st, monkeypatch)
     emb, mask = encoder.encode(["a red circle", "a blue square"])
     low, aug_noise = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 3, 8, 8)
     level = torch.tensor([0.1, 0.45])
