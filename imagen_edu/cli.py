@@ -51,7 +51,6 @@ from tqdm.auto import tqdm
 from . import configs, profiles, text_encoders
 from .bench import bench_stage
 from .cascade import ImagenCascade, check_positive_int
-from .data import real
 from .embcache import EmbeddingCache, build_cache, read_captions
 from .evaluate import eval_captions, evaluate_cascade
 from .stage_training import train_command, train_stage
@@ -239,6 +238,9 @@ def data_pool(spec: str, cfg, *, download: bool = False, progress: bool = True):
     covers), so a stage trains on exact (low, high) pairs as with the shapes benchmark.
     Returns ``None`` for ``"shapes"`` (the stage renders its own pool).
     """
+    # torchvision (behind data.real) takes seconds to import and only --data needs it: imported here
+    from .data import real
+
     kind, _, where = str(spec).partition(":")
     kind = kind.strip().lower().replace("-", "_")
     if kind == "shapes" and not where:

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torchvision.transforms.functional import gaussian_blur
 
 from . import text_encoders
 from .clip import clip_score, rerank  # CLIP-based metrics (chapter 4), re-exported: every judge in one module
@@ -429,6 +428,9 @@ def selftest(n: int = 500, seed: int = 0) -> dict:
 
     Returns ``{condition: {"all", "colour", "shape", "relation", "count"}}`` rounded to 4 digits.
     """
+    # torchvision takes seconds to import and only this self test blurs: imported here, not with the judge
+    from torchvision.transforms.functional import gaussian_blur
+
     def summary(images, caps):
         r = attribute_accuracy(images, caps)
         return {k: round(r[k], 4) for k in ("all", "colour", "shape", "relation", "count")}
