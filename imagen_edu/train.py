@@ -27,9 +27,9 @@ few keyword arguments of :class:`Trainer` let a chapter keep its own recipe):
 * **Gradient clipping** of the global norm to ``grad_clip``.
 * **After the update**, ``after_update(model)`` if given (CLIP clamps its temperature there).
 * **EMA weights** (:func:`imagen_edu.optim.ema_update`, Eq. ch6-eq-ema): after each step
-  ``ema <- d * ema + (1 - d) * weights``
-  with ``d = min(ema_decay, (1 + s) / (10 + s))`` (the warm-up keeps early averages from
-  remembering the random initialisation). Sample with :meth:`Trainer.ema_model`.
+  ``ema <- d * ema + (1 - d) * weights`` with ``d = min(ema_decay, (1 + s) / (10 + s))`` (the
+  warm-up keeps early averages from remembering the random initialisation). Sample with
+  :meth:`Trainer.ema_model`. ``ema_decay=None``: no EMA.
 * **Gradient accumulation**: the batch is split into ``grad_accum`` micro-batches whose
   gradients add up (each loss scaled by ``1 / grad_accum``), which equals one big batch when
   the loss is a mean over examples; memory is that of one micro-batch.
@@ -74,13 +74,11 @@ Derived in chapter 6. Example::
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
 import json
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -96,7 +94,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from . import checkpoints
+from . import checkpoints, rng_state
 from .batching import derive_seed, split_batch, to_device
 from .optim import ema_decay_at, ema_update, lr_at
 
@@ -274,75 +272,6 @@ def dist_info() -> DistInfo:
         raise ValueError(f"RANK={vals['RANK']} and WORLD_SIZE={vals['WORLD_SIZE']} are inconsistent: "
                          "need 0 <= RANK < WORLD_SIZE")
     return DistInfo(vals["RANK"], vals["WORLD_SIZE"], vals["LOCAL_RANK"])
-
-
-# ---------------------------------------------------------------------------------------------
-# random generators: capture, restore, serialise
-# ---------------------------------------------------------------------------------------------
-def _capture_rng(generator: torch.Generator, device: torch.device) -> dict:
-    """Copies of every generator's state (cheap: taken after every step)."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "generator": generator.get_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-
-
-def _rng_jsonable(state: dict) -> dict:
-    """The same state with Python's and NumPy's parts as JSON lists (for the checkpoint's metadata)."""
-    v, internal, gauss = state["python"]
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    return {**state, "python": [v, list(internal), gauss],
-            "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)]}
-
-
-def _restore_rng(state: dict, generator: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    generator.set_state(state["generator"])
-    v, internal, gauss = state["python"]
-    random.setstate((v, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
-
-
-_RNG_TENSORS = ("torch", "cuda", "generator")
-_RNG_JSON = ("python", "numpy")
-
-
-def _rng_to_bytes(state: dict) -> bytes:
-    state = _rng_jsonable(state)
-    doc = {k: (None if state[k] is None else base64.b64encode(state[k].numpy().tobytes()).decode())
-           for k in _RNG_TENSORS}
-    doc.update({k: state[k] for k in _RNG_JSON})
-    return json.dumps(doc).encode()
-
-
-def _rng_from_bytes(blob: bytes) -> dict:
-    doc = json.loads(blob.decode())
-    out = {k: (None if doc[k] is None else torch.frombuffer(bytearray(base64.b64decode(doc[k])), dtype=torch.uint8))
-           for k in _RNG_TENSORS}
-    out.update({k: doc[k] for k in _RNG_JSON})
-    return out
-
-
-def _gather_bytes(blob: bytes, device: torch.device) -> list[bytes]:
-    """All ranks' ``blob`` on every rank (tensors only: no pickled objects cross the wire)."""
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    ws = dist.get_world_size()
-    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(comm)
-    n = torch.tensor([data.numel()], dtype=torch.int64, device=comm)
-    sizes = [torch.zeros_like(n) for _ in range(ws)]
-    dist.all_gather(sizes, n)
-    longest = max(int(s) for s in sizes)
-    padded = torch.zeros(longest, dtype=torch.uint8, device=comm)
-    padded[: data.numel()] = data
-    out = [torch.zeros_like(padded) for _ in range(ws)]
-    dist.all_gather(out, padded)
-    return [o[: int(s)].cpu().numpy().tobytes() for o, s in zip(out, sizes)]
 
 
 @contextlib.contextmanager
@@ -549,15 +478,12 @@ class Trainer:
         self.generator = generator if generator is not None else torch.Generator()
         self._saved_step = None
         if ckpt is None:
-            s = derive_seed(config.seed, self.dist.rank, 0)
-            torch.manual_seed(s)
-            random.seed(s)
-            np.random.seed(s)
+            rng_state.seed_globals(derive_seed(config.seed, self.dist.rank, 0))
             if generator is None:
                 self.generator.manual_seed(derive_seed(config.seed, self.dist.rank, 1))
         else:
             self._load_state(*ckpt)
-        self._rng_snapshot = _capture_rng(self.generator, self.device)
+        self._rng_snapshot = rng_state.capture(self.generator, self.device)
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -611,7 +537,7 @@ class Trainer:
                    disable=not (self.progress and self.dist.is_main))
         self.model.train()
         self.stopped_early = False
-        self._rng_snapshot = _capture_rng(self.generator, self.device)  # whatever ran since __init__
+        self._rng_snapshot = rng_state.capture(self.generator, self.device)  # whatever ran since __init__
         start = time.perf_counter()
         try:
             while self.step < cfg.steps:
@@ -631,7 +557,7 @@ class Trainer:
         except KeyboardInterrupt:
             # rewind the generators to the start of the unfinished step, forget its gradients,
             # and keep the last finished step on disk (rank 0; other ranks may be gone already)
-            _restore_rng(self._rng_snapshot, self.generator, self.device)
+            rng_state.restore(self._rng_snapshot, self.generator, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             if cfg.out_dir is not None:
                 self.save_checkpoint(gather=False)
@@ -700,7 +626,7 @@ class Trainer:
                 ema_update(self.ema, self.model, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
             self.losses.append(value)
             self.step = step + 1
-            self._rng_snapshot = _capture_rng(self.generator, self.device)
+            self._rng_snapshot = rng_state.capture(self.generator, self.device)
         return value, lr, norm
 
     # ------------------------------------------------------------------ checkpoints
@@ -732,10 +658,10 @@ class Trainer:
         if path is None:
             raise ValueError("no path given and TrainConfig.out_dir is None")
         if self.world_size > 1 and gather:
-            blobs = _gather_bytes(_rng_to_bytes(self._rng_snapshot), self.device)
-            rngs = {str(r): _rng_from_bytes(b) for r, b in enumerate(blobs)}
+            blobs = rng_state.gather_bytes(rng_state.to_bytes(self._rng_snapshot), self.device)
+            rngs = {str(r): rng_state.from_bytes(b) for r, b in enumerate(blobs)}
         else:
-            rngs = {str(self.rank): _rng_jsonable(self._rng_snapshot)}
+            rngs = {str(self.rank): rng_state.jsonable(self._rng_snapshot)}
         if not self.dist.is_main:
             self._saved_step = self.step  # every rank must agree on what is saved (see train())
             return None
@@ -747,10 +673,10 @@ class Trainer:
         tensors["train/losses"] = torch.tensor(self.losses, dtype=torch.float64)
         rng_json = {}
         for r, st in rngs.items():
-            for k in _RNG_TENSORS:
+            for k in rng_state.TENSOR_PARTS:
                 if st[k] is not None:
                     tensors[f"rng/{r}/{k}"] = st[k]
-            rng_json[r] = {k: st[k] for k in _RNG_JSON}
+            rng_json[r] = {k: st[k] for k in rng_state.JSON_PARTS}
         meta = {
             "format": FORMAT,
             "step": self.step,
@@ -828,17 +754,14 @@ class Trainer:
         self._saved_step = self.step
         r = str(self.rank)
         if r in meta.get("rng", {}) and f"rng/{r}/torch" in tensors:
-            st = {k: tensors.get(f"rng/{r}/{k}") for k in _RNG_TENSORS} | meta["rng"][r]
+            st = {k: tensors.get(f"rng/{r}/{k}") for k in rng_state.TENSOR_PARTS} | meta["rng"][r]
             if st["cuda"] is not None and dev.type != "cuda":
                 st["cuda"] = None
-            _restore_rng(st, self.generator, dev)
+            rng_state.restore(st, self.generator, dev)
             self.exact_resume = meta.get("world_size") == self.world_size and (
                 (st["cuda"] is None) == (dev.type != "cuda"))
         else:  # e.g. more ranks than the run that wrote the checkpoint
-            s = derive_seed(self.config.seed, self.rank, 0, self.step)
-            torch.manual_seed(s)
-            random.seed(s)
-            np.random.seed(s)
+            rng_state.seed_globals(derive_seed(self.config.seed, self.rank, 0, self.step))
             self.generator.manual_seed(derive_seed(self.config.seed, self.rank, 1, self.step))
             self.exact_resume = False
         if not self.exact_resume and self.dist.is_main:
