@@ -1,11 +1,14 @@
 """imagen_edu: the tested package behind the book *Imagen from scratch*.
 
-One module per idea: ``profiles`` and ``doctor`` (setup), ``attention`` (chapter 1),
-``tokenizer``/``lm``/``text_encoders`` (chapter 2), ``diffusion`` (chapter 3), ``clip`` (chapter 4),
-``unet``, ``guidance``, ``thresholding``, ``noise_augmentation``, ``stage``, ``stage_training``,
-``cascade`` (chapter 5; ``imagen`` gathers their names), ``train``, ``bench``, ``embcache`` and
-``cli`` (chapter 6), and the shared ``data``, ``evaluate`` (the judge), ``configs`` (the named
-stage recipes), ``checkpoints``, ``viz`` and ``exercises``.
+One module per idea, in the order of the book (the README's layout table says which chapter
+derives each): ``profiles`` and ``doctor`` (setup); ``data`` (captions, shapes, real data, text
+corpora) and ``evaluate`` (the judge); ``attention`` (chapter 1); ``tokenizer`` and ``lm``
+(chapter 2); ``t5``, ``t5_pretraining``, ``text_encoders`` and ``probe`` (chapter 2b);
+``diffusion``, ``thresholding``, ``toy2d``, ``ddpm_train`` and ``ddpm_images`` (chapter 3); ``clip``
+(chapter 4); ``unet``, ``guidance``, ``noise_augmentation``, ``stage``, ``stage_training`` and
+``cascade`` (chapter 5; ``imagen`` gathers their names); ``optim``, ``batching``, ``train``,
+``checkpoints``, ``configs``, ``bench``, ``embcache`` and ``cli`` (chapter 6); ``viz`` and
+``exercises`` (every chapter).
 """
 
 from pathlib import Path
