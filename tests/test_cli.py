@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from imagen_edu import checkpoints, cli
 
@@ -219,17 +220,15 @@ def test_embed_command_writes_a_cache(tmp_path, capsys):
     cache = EmbeddingCache(tmp_path / "e")
     emb, mask = cache.lookup(["a blue square"])
     want, wmask = text_encoders.get("lm").encode(["a blue square"])
-    assert torch_equal(emb[:, :want.shape[1]], want) and int(mask.sum()) == int(wmask.sum())
+    # The cache encoded "a blue square" in one padded batch with "a red circle"; here it is alone.
+    # The masked attention gives the same maths, but a CPU's kernels may round differently for
+    # another batch shape (seen: 1e-7 on this machine, more on others), hence 1e-5, not equality.
+    torch.testing.assert_close(emb[:, :want.shape[1]], want, atol=1e-5, rtol=1e-5)
+    assert int(mask.sum()) == int(wmask.sum())
     # a second run refuses to overwrite without --overwrite
     assert cli.main(["embed", "--encoder", "lm", "--captions", str(f), "--out", str(tmp_path / "e")]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main(["embed", "--encoder", "nope", "--captions", str(f), "--out", str(tmp_path / "x")]) == 2
-
-
-def torch_equal(a, b):
-    import torch
-
-    return torch.equal(a, b)
 
 
 def test_parse_and_apply_overrides():

@@ -217,19 +217,20 @@ def test_train_runs_the_chapter_recipe_bit_for_bit():
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_at(s, base_lr=1.0, warmup_steps=warm, total_steps=steps, min_lr_ratio=0.1))
     ref_losses = []
-    for _ in range(steps):
-        idx = torch.randperm(len(caps), generator=gen)[:batch]
-        f = torch.rand(batch, generator=gen) < 0.5
-        xb = torch.where(f[:, None, None, None], x[idx].flip(-1), x[idx])
-        b_ids, b_mask = torch.where(f[:, None], fids[idx], ids[idx]), torch.where(f[:, None], fmask[idx], mask[idx])
-        value = ref.loss(xb, b_ids, b_mask)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ref.clamp_logit_scale_()
-        ref_losses.append(value.item())
+    with profiles.torch_threads(1):  # the recipe's default: one thread, as clip/lm.train use
+        for _ in range(steps):
+            idx = torch.randperm(len(caps), generator=gen)[:batch]
+            f = torch.rand(batch, generator=gen) < 0.5
+            xb = torch.where(f[:, None, None, None], x[idx].flip(-1), x[idx])
+            b_ids, b_mask = torch.where(f[:, None], fids[idx], ids[idx]), torch.where(f[:, None], fmask[idx], mask[idx])
+            value = ref.loss(xb, b_ids, b_mask)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            ref.clamp_logit_scale_()
+            ref_losses.append(value.item())
     model = build()
     losses = clip.train(model, x, caps, steps=steps, batch_size=batch, lr=lr, seed=5, warmup=warm, progress=False)
     assert losses == ref_losses

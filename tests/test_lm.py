@@ -198,15 +198,16 @@ def test_train_runs_the_chapter_recipe_bit_for_bit(tok):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_at(s, base_lr=1.0, warmup_steps=warm, total_steps=steps, min_lr_ratio=0.1))
     ref_losses, norms = [], []
-    for _ in range(steps):
-        idx = torch.randint(0, ids.shape[0], (batch,), generator=gen)
-        value = lm.loss(ref, ids[idx], mask[idx])
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)))
-        opt.step()
-        sched.step()
-        ref_losses.append(value.item())
+    with profiles.torch_threads(1):  # the recipe's default: one thread, as clip/lm.train use
+        for _ in range(steps):
+            idx = torch.randint(0, ids.shape[0], (batch,), generator=gen)
+            value = lm.loss(ref, ids[idx], mask[idx])
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)))
+            opt.step()
+            sched.step()
+            ref_losses.append(value.item())
     assert max(norms) > 1.0  # the clipping binds, so a change of it shows
     model = build()
     losses = lm.train(model, tok, texts, steps=steps, batch_size=batch, lr=lr, seed=3, warmup=warm, progress=False)
