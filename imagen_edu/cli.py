@@ -456,10 +456,10 @@ def main(argv=None) -> int:
         if threads < 1:
             print(f"error: --threads must be >= 1, got {threads}", file=sys.stderr)
             return 2
-        torch.set_num_threads(threads)
     try:
-        return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench, "configs": _configs,
-                "embed": _embed}[args.command](args)
+        with profiles.torch_threads(threads):
+            return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench, "configs": _configs,
+                    "embed": _embed}[args.command](args)
     except (ValueError, FileNotFoundError) as err:  # FileNotFoundError includes MissingCheckpointError
         print(f"error: {err}", file=sys.stderr)
         return 2

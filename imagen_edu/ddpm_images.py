@@ -139,9 +139,21 @@ def _main(argv=None) -> None:
     b.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (1 is often faster on a busy or 2-core machine)")
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    try:  # every argument is checked before any training starts
+        args.steps = [int(x) for x in args.steps.split(",")]
+        if not args.steps or min(args.steps) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--steps must be comma-separated positive ints, e.g. 1000,250,50; got {args.steps!r}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    with profiles.torch_threads(args.threads):
+        out = _bench(args)
+    print(json.dumps(out, indent=1))
 
+
+def _bench(args) -> dict:
+    """The ``bench`` command's JSON: train (or load) chapter 3's model, then time each sampler."""
     prof = profiles.current()
     out: dict = {"profile": prof.name, "device": prof.device, "torch_threads": torch.get_num_threads(),
                  "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
@@ -163,11 +175,11 @@ def _main(argv=None) -> None:
             save_unet(model, args.save, extra={"schedule": s.schedule, "timesteps": s.timesteps,
                                                "objective": s.objective, "train": out["train"]})
             out["saved"] = args.save
-    steps = [int(x) for x in args.steps.split(",")]
+    steps = args.steps
     configs = [("ddpm", steps[0])] + [("ddim", k) for k in steps[1:]]
     out["results"] = benchmark_samplers(model, diffusion, n_images=args.n_images, batch_size=args.batch_size,
                                         configs=configs, seed=args.seed)
-    print(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 :func:`fit` is chapter 3's entry point: Algorithm 1 of Ho et al. (draw ``t`` and ``eps``, noise
 ``x_0`` in one jump, regress the objective; :meth:`imagen_edu.diffusion.GaussianDiffusion.loss`)
 run by :class:`imagen_edu.train.Trainer`, which brings Adam, the warm-up, gradient clipping, the
-NaN guard and the EMA of the weights (:func:`imagen_edu.train.ema_update`). Chapter 6 derives
+NaN guard and the EMA of the weights (:func:`imagen_edu.optim.ema_update`). Chapter 6 derives
 the trainer; chapter 3 only needs to call it.
 """
 

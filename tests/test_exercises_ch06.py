@@ -8,12 +8,12 @@ import math
 
 import torch
 
-from imagen_edu import train
+from imagen_edu import optim
 from imagen_edu.exercises import ch06
 
 
 def test_package_functions_pass_the_checks():
-    assert ch06.check_lr_at(lambda s, b, w, t, r: train.lr_at(s, base_lr=b, warmup_steps=w, total_steps=t,
+    assert ch06.check_lr_at(lambda s, b, w, t, r: optim.lr_at(s, base_lr=b, warmup_steps=w, total_steps=t,
                                                                min_lr_ratio=r), verbose=False)
     assert ch06.check_conv_params(
         lambda ci, co, k, bias=True: sum(p.numel() for p in torch.nn.Conv2d(ci, co, k, bias=bias).parameters()),
