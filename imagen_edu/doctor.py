@@ -6,13 +6,13 @@ import os
 import platform
 import sys
 
+import torch
+
 from . import profiles
 
 
 def report() -> dict:
     """The facts :func:`doctor` prints, as a dict (handy for tests and logs)."""
-    import torch
-
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,

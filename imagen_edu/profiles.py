@@ -22,6 +22,8 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
+
 ENV_VAR = "IMAGEN_EDU_PROFILE"
 
 
@@ -208,11 +210,8 @@ class Profile:
     @property
     def device(self) -> str:
         """``"cuda"`` for the gpu profile when CUDA is present, else ``"cpu"``."""
-        if self.prefer_cuda:
-            import torch
-
-            if torch.cuda.is_available():
-                return "cuda"
+        if self.prefer_cuda and torch.cuda.is_available():
+            return "cuda"
         return "cpu"
 
 
@@ -298,12 +297,7 @@ def get(name: str) -> Profile:
 
 def default_name() -> str:
     """``gpu`` when CUDA is available, else ``cpu`` (used when ``IMAGEN_EDU_PROFILE`` is unset)."""
-    try:
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def current() -> Profile:
@@ -325,8 +319,6 @@ def torch_threads(n: int | None, device="cpu"):
     product across cores costs more than it saves, and on a busy machine the threads wait on
     each other (measured on a shared 2-core machine: two threads were several times slower).
     """
-    import torch
-
     old = torch.get_num_threads()
     active = n is not None and torch.device(device).type == "cpu" and int(n) != old
     if active:
