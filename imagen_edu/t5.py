@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from . import checkpoints
 from .attention import causal_mask
+from .tokenizer import WordTokenizer
 
 __all__ = [
     "T5Config",
@@ -50,6 +52,8 @@ __all__ = [
     "span_corruption",
     "shift_right",
     "load_transformers_weights",
+    "save_t5",
+    "load_t5",
     "IGNORE_INDEX",
 ]
 
@@ -473,3 +477,23 @@ def load_transformers_weights(model: T5, state_dict: dict[str, torch.Tensor]) ->
         ours[name] = state_dict[theirs]
     model.load_state_dict(ours, strict=True)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+def save_t5(path, model: T5, tok: WordTokenizer, recipe: dict | None = None, extra: dict | None = None):
+    """Write the whole T5 (encoder and decoder) with its config, tokenizer and training recipe as safetensors."""
+    meta = {"model": "t5", "config": model.config.to_dict(), "tokenizer": tok.to_json(),
+            "pretrain": recipe, **(extra or {})}
+    return checkpoints.save(path, model.state_dict(), meta)
+
+
+def load_t5(path, device: str = "cpu") -> tuple[T5, WordTokenizer, dict]:
+    """Read a :func:`save_t5` file: ``(model in eval mode, tokenizer, metadata)``."""
+    state, meta = checkpoints.load(path, device)
+    if meta.get("model") != "t5":
+        raise ValueError(f"{path} is not a T5 checkpoint (its metadata says model={meta.get('model')!r})")
+    model = T5(T5Config(**meta["config"]))
+    model.load_state_dict(state)
+    return model.to(device).eval(), WordTokenizer.from_json(meta["tokenizer"]), meta

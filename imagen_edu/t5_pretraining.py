@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import checkpoints
 from .data.text_corpus import CORPORA, text_corpus
-from .t5 import IGNORE_INDEX, T5, T5Config, span_corruption
+from .t5 import IGNORE_INDEX, T5, T5Config, load_t5, save_t5, span_corruption
 from .tokenizer import WordTokenizer
 from .train import TrainConfig, Trainer
 
 __all__ = ["PretrainConfig", "sentinel_words", "t5_tokenizer", "span_batch", "pretrain", "save_t5", "load_t5"]
+
+# the checkpoint format lives with the model (imagen_edu.t5); re-exported here for the recipe's callers
 
 
 @dataclass
@@ -66,6 +67,9 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.mean_span_length must be >= 1, got {self.mean_span_length!r}")
         if not isinstance(self.n_sentinels, int) or self.n_sentinels < 2:
             raise ValueError(f"PretrainConfig.n_sentinels must be an int >= 2, got {self.n_sentinels!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def train_config(self) -> TrainConfig:
         """The trainer's settings (no EMA: the encoder is read as trained; gradient clipping at 1)."""
@@ -128,20 +132,3 @@ def pretrain(cfg: PretrainConfig | None = None, *, device: str = "cpu", progress
                       desc=f"T5 span corruption ({cfg.corpus})")
     trainer.train()
     return model.eval(), tok, trainer
-
-
-def save_t5(path, model: T5, tok: WordTokenizer, cfg: PretrainConfig | None = None, extra: dict | None = None):
-    """Write the whole T5 (encoder and decoder) with its config, tokenizer and recipe as safetensors."""
-    meta = {"model": "t5", "config": model.config.to_dict(), "tokenizer": tok.to_json(),
-            "pretrain": asdict(cfg) if cfg is not None else None, **(extra or {})}
-    return checkpoints.save(path, model.state_dict(), meta)
-
-
-def load_t5(path, device: str = "cpu") -> tuple[T5, WordTokenizer, dict]:
-    """Read a :func:`save_t5` file: ``(model in eval mode, tokenizer, metadata)``."""
-    state, meta = checkpoints.load(path, device)
-    if meta.get("model") != "t5":
-        raise ValueError(f"{path} is not a T5 checkpoint (its metadata says model={meta.get('model')!r})")
-    model = T5(T5Config(**meta["config"]))
-    model.load_state_dict(state)
-    return model.to(device).eval(), WordTokenizer.from_json(meta["tokenizer"]), meta

@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lm
+from . import lm, t5
 from .data.captions import canonical_caption
 from .tokenizer import default_tokenizer
 
 __all__ = ["TextEncoder", "LMTextEncoder", "LMWordsAndStates", "CanonicalCaptions", "T5TextEncoder",
-           "CachedTextEncoder", "get", "get_text_encoder", "names", "register", "build_tiny_t5"]
+           "ToyT5Encoder", "CachedTextEncoder", "get", "get_text_encoder", "names", "register", "build_tiny_t5"]
 
 
 class TextEncoder:
@@ -301,6 +301,44 @@ class T5TextEncoder(TextEncoder):
         return h.float() * mask[..., None], mask
 
 
+class ToyT5Encoder(TextEncoder):
+    """The encoder half of chapter 2b's toy T5, frozen: its final states per token, as Imagen reads T5-XXL.
+
+    The caption is read as in pretraining (:mod:`imagen_edu.t5_pretraining`): its words, then
+    ``<eos>``, no ``<bos>``; every token sees every other (bidirectional self-attention), so the
+    state at the first object has read the relation that follows it.
+
+    Args:
+        model: a :class:`~imagen_edu.t5.T5` (frozen here; only its encoder runs).
+        tokenizer: its :class:`~imagen_edu.tokenizer.WordTokenizer`.
+        name: what :func:`get` resolves back to this encoder (``"toyt5:PATH"``).
+    """
+
+    def __init__(self, model, tokenizer, name: str = "toyt5"):
+        self.model = _freeze(model)
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @classmethod
+    def from_file(cls, path, device: str = "cpu") -> "ToyT5Encoder":
+        """A checkpoint written by :func:`imagen_edu.t5.save_t5`."""
+        model, tok, _ = t5.load_t5(path, device=device)
+        return cls(model, tok, name=f"toyt5:{path}")
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.d_model
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``texts`` (B strings) -> ``(final encoder states (B, T, dim), mask (B, T) bool)``; zeros on padding."""
+        texts = self._check_texts(texts)
+        ids, mask = self.tokenizer.batch_encode(texts, add_bos=False, add_eos=True)
+        dev = next(self.model.parameters()).device
+        ids, mask = ids.to(dev), mask.to(dev)
+        return self.model.encode(ids, mask) * mask[..., None], mask
+
+
 class CachedTextEncoder(TextEncoder):
     """The text-encoder interface on top of a cache of an encoder's outputs: ``encode(texts)`` is a lookup.
 
@@ -391,6 +429,8 @@ register("lm+words", lambda device: LMWordsAndStates(get("lm", device)),
          "the chapter-2 language model's input layer and final states, concatenated")
 register("canonical:NAME", lambda rest, device: CanonicalCaptions(get(rest, device)),
          "the encoder NAME reading canonical captions, e.g. 'canonical:lm+words'")
+register("toyt5:PATH", lambda rest, device: ToyT5Encoder.from_file(rest, device=device),
+         "chapter 2b's toy T5 encoder from a checkpoint file, e.g. 'toyt5:data/checkpoints/t5.safetensors'")
 register("t5:NAME_OR_PATH", lambda rest, device: T5TextEncoder(rest, device=device),
          "a Hugging Face T5 encoder, e.g. 't5:t5-small', 't5:google/t5-v1_1-xxl', 't5:/a/local/folder'")
 

@@ -65,8 +65,8 @@ def test_rmsnorm_has_no_mean_and_no_bias():
     n = t5.RMSNorm(4)
     x = torch.full((2, 4), 3.0)
     torch.testing.assert_close(n(x), torch.ones(2, 4), atol=1e-5, rtol=0)
-    y = torch.randn(5, 4)
-    torch.testing.assert_close(n(7 * y), n(y), atol=1e-5, rtol=1e-5)
+    y = torch.randn(5, 4, generator=torch.Generator().manual_seed(0)) + 0.5   # rms far above sqrt(eps)
+    torch.testing.assert_close(n(7 * y), n(y), atol=1e-4, rtol=1e-4)
     assert [name for name, _ in n.named_parameters()] == ["weight"]
 
 

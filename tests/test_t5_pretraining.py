@@ -66,8 +66,31 @@ def test_pretrain_learns_and_round_trips(tmp_path, one_thread):
     model, tok, trainer = P.pretrain(cfg, progress=False)
     losses = trainer.losses
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:5]) / 5
-    P.save_t5(tmp_path / "t5.safetensors", model, tok, cfg)
+    P.save_t5(tmp_path / "t5.safetensors", model, tok, cfg.to_dict())
     again, tok2, meta = P.load_t5(tmp_path / "t5.safetensors")
     ids, mask = tok.batch_encode(["a red circle left of a blue square"])
     assert tok2 == tok and meta["pretrain"]["corpus"] == "restated"
     torch.testing.assert_close(again.encode(ids, mask), model.encode(ids, mask))
+
+
+def test_toy_t5_encoder_reads_the_frozen_encoder(tmp_path):
+    """text_encoders.get('toyt5:PATH'): the frozen encoder's final states of 'words <eos>', no <bos>,
+    zeros on padding; bidirectional, so the first object's state depends on the relation word."""
+    from imagen_edu import t5, text_encoders
+
+    docs = text_corpus("captions")
+    tok = P.t5_tokenizer(docs)
+    torch.manual_seed(0)
+    model = t5.T5(t5.T5Config(vocab_size=tok.vocab_size, d_model=16, n_heads=2, d_kv=8, d_ff=32, n_layers=1,
+                              n_decoder_layers=1))
+    path = tmp_path / "toy.safetensors"
+    t5.save_t5(path, model, tok)
+    enc = text_encoders.get(f"toyt5:{path}")
+    assert enc.name == f"toyt5:{path}" and enc.dim == 16
+    assert not any(p.requires_grad for p in enc.model.parameters()) and not enc.model.training
+    emb, mask = enc.encode(["a red circle left of a blue square", "a red circle"])
+    ids, _ = tok.batch_encode(["a red circle"], add_bos=False, add_eos=True)
+    torch.testing.assert_close(emb[1, :4], model.eval().encode(ids)[0], atol=1e-5, rtol=1e-5)
+    assert mask[1].sum() == 4 and emb[1, 4:].abs().sum() == 0
+    right, _ = enc.encode(["a red circle right of a blue square"])
+    assert not torch.allclose(emb[0, 2], right[0, 2]), "the first shape's state must read the relation"
