@@ -37,7 +37,7 @@ from .attention import LearnedPositions, Transformer
 from .data.captions import caption_corpus, parse_caption
 from .profiles import torch_threads
 from .tokenizer import WordTokenizer, default_tokenizer
-from .train import TrainConfig, Trainer
+from .train import train_small
 
 __all__ = [
     "LMConfig",
@@ -374,7 +374,7 @@ def train(model: nn.Module, tok: WordTokenizer, texts, *, steps: int, batch_size
           seed: int = 0, warmup: int = 20, progress: bool = True, threads: int | None = 1) -> list[float]:
     """Train ``model`` on ``texts`` by minimising :func:`loss` with AdamW; return the loss per step.
 
-    The recipe, run by chapter 6's :class:`imagen_edu.train.Trainer`: each step draws
+    The recipe of :func:`imagen_edu.train.train_small` (chapter 6's Trainer): each step draws
     ``batch_size`` captions with replacement (``torch.randint`` from a generator seeded with
     ``seed``), AdamW (``betas=(0.9, 0.98)``, weight decay 0.01 on every parameter) takes a step
     on the gradient clipped to norm 1, and the learning rate warms up linearly for ``warmup``
@@ -395,16 +395,8 @@ def train(model: nn.Module, tok: WordTokenizer, texts, *, steps: int, batch_size
         idx = torch.randint(0, all_ids.shape[0], (batch_size,), generator=gen).to(device)
         return all_ids[idx], all_mask[idx]
 
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.01, warmup_steps=warmup,
-                         min_lr_ratio=0.1, grad_clip=1.0, ema_decay=None, amp="off", betas=(0.9, 0.98),
-                         seed=int(seed))
-    trainer = Trainer(model, lambda m, batch: loss(m, *batch), batch_fn, config, device=device,
-                      progress=progress, desc="training LM", decay_vectors=True,
-                      generator=torch.Generator().manual_seed(int(seed)))
-    with torch_threads(threads, device):
-        losses = trainer.train()
-    model.eval()
-    return losses
+    return train_small(model, lambda m, batch: loss(m, *batch), batch_fn, steps=steps, batch_size=batch_size,
+                       lr=lr, seed=seed, warmup=warmup, progress=progress, desc="training LM", threads=threads)
 
 
 @dataclass

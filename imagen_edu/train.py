@@ -14,7 +14,8 @@
   tuple/list/dict of tensors and lists of strings (captions).
 
 The language model of chapter 2, CLIP of chapter 4 and the diffusion models of chapters 3 and 5
-all train through it. What it does, step by step (the settings live in :class:`TrainConfig`; a
+all train through it; :func:`train_small` is the one recipe of the two small models (chapters 2
+and 4). What it does, step by step (the settings live in :class:`TrainConfig`; a
 few keyword arguments of :class:`Trainer` let a chapter keep its own recipe):
 
 * **AdamW** (decoupled weight decay, Loshchilov & Hutter 2019) with ``weight_decay`` on the
@@ -97,10 +98,12 @@ from tqdm.auto import tqdm
 from . import checkpoints, rng_state
 from .batching import derive_seed, split_batch, to_device
 from .optim import ema_decay_at, ema_update, lr_at
+from .profiles import torch_threads
 
 __all__ = [
     "TrainConfig",
     "Trainer",
+    "train_small",
     "resolve_amp",
     "DistInfo",
     "dist_info",
@@ -770,3 +773,37 @@ class Trainer:
                           "so the run continues correctly but not bit-identically", stacklevel=3)
         if self.resume_changes:  # allowed on purpose: no warning, but no longer an exact continuation
             self.exact_resume = False
+
+
+# ---------------------------------------------------------------------------------------------
+# the small models' recipe (chapters 2 and 4)
+# ---------------------------------------------------------------------------------------------
+def train_small(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                batch_fn: Callable[[int, int, int, torch.Generator], Any], *, steps: int, batch_size: int,
+                lr: float, seed: int = 0, warmup: int = 20, max_seconds: float | None = None,
+                after_update: Callable[[nn.Module], None] | None = None, progress: bool = True,
+                desc: str = "training", threads: int | None = 1) -> list[float]:
+    """Train ``model`` with the recipe of chapter 2's language model and chapter 4's CLIP.
+
+    One :class:`Trainer` run on the model's device: AdamW with ``betas=(0.9, 0.98)`` and weight
+    decay 0.01 on every parameter (``decay_vectors``), the gradient norm clipped to 1, the
+    learning rate warmed up for ``warmup`` steps then decayed with a cosine to 10% of ``lr``
+    (Eq. ch6-eq-lr), no EMA, no mixed precision. ``batch_fn`` draws from a
+    ``torch.Generator().manual_seed(seed)``; ``after_update(model)`` runs after every step;
+    training stops early after ``max_seconds`` if given. ``threads``: CPU threads torch may use
+    meanwhile (:func:`imagen_edu.profiles.torch_threads`; these models are so small that one is
+    fastest); ``None`` keeps torch's setting.
+
+    Returns the loss of every step taken; the model is left in eval mode.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.01, warmup_steps=warmup,
+                         min_lr_ratio=0.1, grad_clip=1.0, ema_decay=None, amp="off", betas=(0.9, 0.98),
+                         seed=int(seed), max_seconds=max_seconds)
+    trainer = Trainer(model, loss_fn, batch_fn, config, device=device, progress=progress, desc=desc,
+                      decay_vectors=True, after_update=after_update,
+                      generator=torch.Generator().manual_seed(int(seed)))
+    with torch_threads(threads, device):
+        losses = trainer.train()
+    model.eval()
+    return losses
