@@ -34,7 +34,7 @@ The judge at work on the chapter-5 cascade: :func:`eval_captions` (test and held
 one- and two-object half and half), :func:`evaluate_cascade` (the accuracies that ``python -m
 imagen_edu eval`` prints) and :func:`relation_loss_test` (does a base stage read the relation?).
 The chapter-4 CLIP metrics :func:`clip_score` and :func:`rerank` are re-exported from
-:mod:`imagen_edu.clip`, so that every way of judging images is found here.
+:mod:`imagen_edu.clip_eval`, so that every way of judging images is found here.
 
 Run ``python -m imagen_edu.evaluate selftest --n 500`` for the judge's figures (JSON).
 """
@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from . import text_encoders
-from .clip import clip_score, rerank  # CLIP-based metrics (chapter 4), re-exported: every judge in one module
+from .clip_eval import clip_score, rerank  # CLIP-based metrics (chapter 4), re-exported: every judge in one module
 from .data.captions import COLOURS, SHAPES, converse_caption, parse_caption
 from .data.shapes import make_batch, render_batch, scene_at, single_thread
 

@@ -1,13 +1,17 @@
-"""Tests of imagen_edu.clip: the contrastive loss of chapter 4, the encoders, the uses, the shipped model."""
+"""Tests of imagen_edu.clip and imagen_edu.clip_eval: the contrastive loss of chapter 4, the encoders, the
+uses of the model (zero-shot, retrieval, CLIP score), the shipped model and its command line."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from imagen_edu import checkpoints, clip, evaluate, profiles
+from imagen_edu import REPO_ROOT, checkpoints, clip, clip_eval, evaluate, profiles
 from imagen_edu.data.shapes import make_batch, render_captions
 from imagen_edu.exercises import ch04
 from imagen_edu.optim import lr_at
@@ -279,63 +283,63 @@ def test_training_stops_on_nan_naming_the_step(tiny, monkeypatch):
 # ------------------------------------------------------------------------- uses of the model
 def test_zero_shot_and_retrieval_definitions(tiny):
     x, caps = make_batch(6, "test", 16, seed=0, two_object_fraction=0.0)
-    classes = clip.class_captions()
+    classes = clip_eval.class_captions()
     assert len(classes) == 18 and len(set(classes)) == 18
-    pred, probs = clip.zero_shot_classify(tiny, x, classes, return_probs=True)
+    pred, probs = clip_eval.zero_shot_classify(tiny, x, classes, return_probs=True)
     want = (tiny.encode_image(x) @ tiny.encode_text(classes).T).argmax(1)
     assert torch.equal(pred, want)
     torch.testing.assert_close(probs.sum(1), torch.ones(6))
     with pytest.raises(ValueError, match="at least 2"):
-        clip.zero_shot_classify(tiny, x, ["a red circle"])
+        clip_eval.zero_shot_classify(tiny, x, ["a red circle"])
     x2, caps2 = make_batch(10, "test", 16, seed=0, two_object_fraction=1.0)
-    r = [clip.retrieval_recall_at_k(tiny, x2, caps2, k=k) for k in range(1, 11)]
+    r = [clip_eval.retrieval_recall_at_k(tiny, x2, caps2, k=k) for k in range(1, 11)]
     assert all(a <= b for a, b in zip(r, r[1:])) and r[-1] == 1.0
     with pytest.raises(ValueError, match="k must be"):
-        clip.retrieval_recall_at_k(tiny, x2, caps2, k=11)
+        clip_eval.retrieval_recall_at_k(tiny, x2, caps2, k=11)
     with pytest.raises(ValueError, match="captions"):
-        clip.retrieval_recall_at_k(tiny, x2, caps2[:3])
+        clip_eval.retrieval_recall_at_k(tiny, x2, caps2[:3])
 
 
 def test_clip_score_and_rerank(tiny):
     x, caps = make_batch(5, "test", 16, seed=1)
-    score = clip.clip_score(x, caps, model=tiny)
+    score = clip_eval.clip_score(x, caps, model=tiny)
     cos = (tiny.encode_image(x) * tiny.encode_text(caps)).sum(1)
     torch.testing.assert_close(score, 100 * cos.clamp(min=0))
     assert score.shape == (5,) and bool((score >= 0).all()) and bool((score <= 100).all())
-    order = clip.rerank(x, caps[0], model=tiny)
-    s0 = clip.clip_score(x, [caps[0]] * 5, model=tiny)
+    order = clip_eval.rerank(x, caps[0], model=tiny)
+    s0 = clip_eval.clip_score(x, [caps[0]] * 5, model=tiny)
     assert sorted(order.tolist()) == list(range(5))
     assert bool((s0[order][:-1] >= s0[order][1:]).all())
     # other resolutions are resized to the model's: a 32 px render of the same scenes works
     x32, _ = make_batch(5, "test", 32, seed=1)
-    assert clip.clip_score(x32, caps, model=tiny).shape == (5,)
+    assert clip_eval.clip_score(x32, caps, model=tiny).shape == (5,)
     with pytest.raises(ValueError, match="one caption per image"):
-        clip.clip_score(x, caps[:2], model=tiny)
+        clip_eval.clip_score(x, caps[:2], model=tiny)
     with pytest.raises(TypeError, match="one string"):
-        clip.rerank(x, caps, model=tiny)
+        clip_eval.rerank(x, caps, model=tiny)
 
 
 # ------------------------------------------------------------------------ the shipped model
 def test_shipped_checkpoint_hash_and_remeasured_zero_shot(shipped):
     checkpoints.verify(clip.SHIPPED_NAME)                # sha256 matches the manifest
     rec = checkpoints.entry(clip.SHIPPED_NAME)["metrics"]
-    x, caps = clip.eval_data("test", rec["n_zero_shot"], False, shipped.config.image_size)
-    acc = clip.zero_shot_accuracy(shipped, x, caps)
+    x, caps = clip_eval.eval_data("test", rec["n_zero_shot"], False, shipped.config.image_size)
+    acc = clip_eval.zero_shot_accuracy(shipped, x, caps)
     assert acc == pytest.approx(rec["zero_shot_test"], abs=0.02)
     assert acc >= 0.95                                   # the chapter's target
 
 
 def test_shipped_model_as_a_judge(shipped):
     x, caps = make_batch(24, "test", 32, seed=3)
-    right = clip.clip_score(x, caps)                     # model=None: the shipped checkpoint
-    wrong = clip.clip_score(x, caps[1:] + caps[:1])
+    right = clip_eval.clip_score(x, caps)                     # model=None: the shipped checkpoint
+    wrong = clip_eval.clip_score(x, caps[1:] + caps[:1])
     assert float(right.mean()) > float(wrong.mean()) + 5
-    torch.testing.assert_close(right, clip.clip_score(x, caps, model=shipped))
+    torch.testing.assert_close(right, clip_eval.clip_score(x, caps, model=shipped))
 
 
 def test_cli_train_under_ci(tmp_path, capsys):
     out = tmp_path / "c.safetensors"
-    assert clip.main(["train", "--profile", "ci", "--seed", "1", "--out", str(out), "--no-manifest"]) == 0
+    assert clip_eval.main(["train", "--profile", "ci", "--seed", "1", "--out", str(out), "--no-manifest"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["sha256"] == checkpoints.sha256(out) and 0 <= printed["zero_shot_test"] <= 1
     model, meta = clip.load_model(out)
@@ -344,6 +348,19 @@ def test_cli_train_under_ci(tmp_path, capsys):
     meta2["kind"] = "something else"
     with pytest.raises(ValueError, match="not an imagen_edu.clip"):
         clip._model_from(state, meta2, "cpu")
+
+
+def test_module_command_line_remeasures_the_shipped_model():
+    """``python -m imagen_edu.clip eval``, the command next to the manifest's recorded ``train``
+    command, still runs (imagen_edu.clip hands its command line to imagen_edu.clip_eval) and
+    re-measures the recorded figures of the shipped checkpoint."""
+    done = subprocess.run([sys.executable, "-m", "imagen_edu.clip", "eval"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout)
+    rec = checkpoints.entry(clip.SHIPPED_NAME)["metrics"]
+    for key in ("zero_shot_test", "r1_test", "relation_test", "swap_colours_test"):
+        assert printed[key] == pytest.approx(rec[key], abs=0.02), key
 
 
 # ---------------------------------------------------------------------------------- exercises
@@ -365,5 +382,5 @@ def test_evaluate_reexports_clip_metrics():
     """evaluate.clip_score / evaluate.rerank are the chapter-4 functions, reached from the judge module."""
     caps = ["a red circle", "a blue square", "a green triangle left of a red square"]
     imgs = render_captions(caps, resolution=32)
-    torch.testing.assert_close(evaluate.clip_score(imgs, caps), clip.clip_score(imgs, caps))
-    assert torch.equal(evaluate.rerank(imgs, caps[1]), clip.rerank(imgs, caps[1]))
+    torch.testing.assert_close(evaluate.clip_score(imgs, caps), clip_eval.clip_score(imgs, caps))
+    assert torch.equal(evaluate.rerank(imgs, caps[1]), clip_eval.rerank(imgs, caps[1]))
