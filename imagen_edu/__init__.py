@@ -4,8 +4,8 @@ One module per idea, in the order of the book (the README's layout table says wh
 derives each): ``profiles`` and ``doctor`` (setup); ``data`` (captions, shapes, real data, text
 corpora) and ``evaluate`` (the judge); ``attention`` (chapter 1); ``tokenizer`` and ``lm``
 (chapter 2); ``t5``, ``t5_pretraining``, ``text_encoders`` and ``probe`` (chapter 2b);
-``diffusion``, ``thresholding``, ``toy2d``, ``ddpm_train`` and ``ddpm_images`` (chapter 3); ``clip``
-(chapter 4); ``unet``, ``guidance``, ``noise_augmentation``, ``stage``, ``stage_training`` and
+``diffusion``, ``thresholding``, ``toy2d``, ``ddpm_train`` and ``ddpm_images`` (chapter 3); ``clip`` and
+``clip_eval`` (chapter 4); ``unet``, ``guidance``, ``noise_augmentation``, ``stage``, ``stage_training`` and
 ``cascade`` (chapter 5; ``imagen`` gathers their names); ``optim``, ``batching``, ``rng_state``, ``train``,
 ``checkpoints``, ``configs``, ``bench``, ``embcache`` and ``cli`` (chapter 6); ``viz`` and
 ``exercises`` (every chapter).

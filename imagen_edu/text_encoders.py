@@ -430,7 +430,7 @@ register("lm+words", lambda device: LMWordsAndStates(get("lm", device)),
 register("canonical:NAME", lambda rest, device: CanonicalCaptions(get(rest, device)),
          "the encoder NAME reading canonical captions, e.g. 'canonical:lm+words'")
 register("toyt5:PATH", lambda rest, device: ToyT5Encoder.from_file(rest, device=device),
-         "chapter 2b's toy T5 encoder from a checkpoint file, e.g. 'toyt5:data/checkpoints/t5.safetensors'")
+         "chapter 2b's toy T5 encoder from a checkpoint file, e.g. 'toyt5:runs/t5.safetensors' (a file written by t5.save_t5)")
 register("t5:NAME_OR_PATH", lambda rest, device: T5TextEncoder(rest, device=device),
          "a Hugging Face T5 encoder, e.g. 't5:t5-small', 't5:google/t5-v1_1-xxl', 't5:/a/local/folder'")
 
