@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagen_edu import viz
+from imagen_edu import exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
@@ -212,9 +212,9 @@ EXERCISE_MODULES = ["ch01", "ch_data", "ch02", "ch03", "ch04", "ch05", "ch06"]
 @pytest.mark.parametrize("name", EXERCISE_MODULES)
 def test_every_reference_solution_passes_its_check(name):
     mod = importlib.import_module(f"imagen_edu.exercises.{name}")
-    sols = viz.solution_functions(mod)
+    sols = exercises.solution_functions(mod)
     assert sols, f"{name} has no solution_* functions"
-    passed = viz.check_solutions(mod)
+    passed = exercises.check_solutions(mod)
     for sol_name, _ in sols:
         assert sol_name in passed, f"{name}.{sol_name} has no check_{sol_name[len('solution_'):]}"
 
@@ -235,9 +235,9 @@ def test_check_solutions_names_a_failing_solution():
     for f in (check_double, solution_double):
         f.__module__ = mod.__name__
         setattr(mod, f.__name__, f)
-    assert [n for n, _ in viz.solution_functions(mod)] == ["solution_double"]
+    assert [n for n, _ in exercises.solution_functions(mod)] == ["solution_double"]
     with pytest.raises(AssertionError, match="solution_double fails its check"):
-        viz.check_solutions(mod)
+        exercises.check_solutions(mod)
 
 
 def test_solutions_appendix_lists_every_exercise_module():

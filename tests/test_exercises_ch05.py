@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from imagen_edu import imagen, viz
+from imagen_edu import imagen, viz, widgets
 from imagen_edu.exercises import ch05
 
 
@@ -68,5 +68,5 @@ def test_guidance_sweep_plot_and_widget_html():
     matplotlib.use("Agg")
     ax = viz.guidance_sweep_plot([1, 3], [0.2, 0.5], [9.0, 4.0], title="t")
     assert ax.get_title() == "t" and len(ax.texts) == 2
-    html = viz._images_html(torch.zeros(2, 3, 4, 4), ["a", "b"], scale=2)
+    html = widgets._images_html(torch.zeros(2, 3, 4, 4), ["a", "b"], scale=2)
     assert html.count("<img") == 2 and "image-rendering:pixelated" in html

@@ -2,11 +2,14 @@
 
 A check returns a :class:`Result` (truthy when passed) and prints a verdict with a hint on
 failure, so a reader can call it at the end of a cell: ``exercises.ch01.check_softmax(my_fn)``.
-Chapter modules (``ch01``, ``ch02``, ...) live beside this file.
+Chapter modules (``ch01``, ``ch02``, ...) live beside this file; each also holds a reference
+``solution_X`` for its ``check_X``, which :func:`solution_functions` lists and
+:func:`check_solutions` runs (the appendix "Exercise solutions" shows them).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 
@@ -41,3 +44,33 @@ def run_check(name: str, fn, hint: str, *, verbose: bool = True) -> Result:
     if verbose:
         print(repr(res))
     return res
+
+
+def solution_functions(module) -> list:
+    """The reference solutions of an exercise module (``imagen_edu.exercises.chNN``).
+
+    Returns ``[(name, function), ...]`` for every ``solution_*`` function the module defines, in
+    the order of its source (the order of the chapter's exercises).
+    """
+    found = [(n, f) for n, f in vars(module).items()
+             if n.startswith("solution_") and inspect.isfunction(f) and f.__module__ == module.__name__]
+    return sorted(found, key=lambda nf: inspect.getsourcelines(nf[1])[1])
+
+
+def check_solutions(module) -> dict:
+    """Run each ``solution_X`` of an exercise module through the module's ``check_X``.
+
+    Returns ``{name: Result}`` for the solutions that have a check; raises ``AssertionError``
+    naming the first solution that fails its own check.
+    """
+    results = {}
+    for name, fn in solution_functions(module):
+        check = getattr(module, "check_" + name[len("solution_"):], None)
+        if check is None:
+            continue
+        res = check(fn, verbose=False)
+        if not res:
+            raise AssertionError(f"{module.__name__}.{name} fails its check: {res!r}")
+        results[name] = res
+    return results
+
