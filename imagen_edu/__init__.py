@@ -7,8 +7,8 @@ corpora) and ``evaluate`` (the judge); ``attention`` (chapter 1); ``tokenizer`` 
 ``diffusion``, ``thresholding``, ``toy2d``, ``ddpm_train`` and ``ddpm_images`` (chapter 3); ``clip`` and
 ``clip_eval`` (chapter 4); ``unet``, ``guidance``, ``noise_augmentation``, ``stage``, ``stage_training`` and
 ``cascade`` (chapter 5; ``imagen`` gathers their names); ``optim``, ``batching``, ``rng_state``, ``train``,
-``checkpoints``, ``configs``, ``bench``, ``embcache`` and ``cli`` (chapter 6); ``viz`` and
-``exercises`` (every chapter).
+``checkpoints``, ``configs``, ``bench``, ``embcache`` and ``cli`` (chapter 6); ``viz``,
+``widgets``, ``pixels`` and ``exercises`` (every chapter).
 """
 
 from pathlib import Path
