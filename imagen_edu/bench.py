@@ -172,10 +172,10 @@ def bench_stage(cfg, *, device="cpu", amp: str = "none", steps: int = 5, batch_s
     sync()
     dt = (time.perf_counter() - t0) / steps
     flops = training_step_flops(cfg, b, text_len)
-    achieved = flops / dt / 1e12
+    achieved = flops / dt / 1e12  # reported to 4 significant digits: a tiny model's rate is not 0
     out = {"stage": cfg.name, "resolution": cfg.resolution, "batch_size": b, "amp": amp, "device": str(device),
            "images_per_s": round(b / dt, 2), "step_seconds": round(dt, 5), "flops_per_step": flops,
-           "achieved_tflops": round(achieved, 4), "peak_tflops": None, "mfu": None, "note": None}
+           "achieved_tflops": float(f"{achieved:.4g}"), "peak_tflops": None, "mfu": None, "note": None}
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         out["gpu_name"] = name

@@ -314,14 +314,17 @@ def test_world_size_is_checked_before_training(tmp_path, monkeypatch, capsys, wo
     assert not any(tmp_path.iterdir())
 
 
-def test_threads_option(tmp_path, capsys):
-    import torch
-
+def test_threads_option(tmp_path, capsys, monkeypatch):
+    """--threads N: the command runs on N torch threads (profiles.torch_threads), restored afterwards."""
     before = torch.get_num_threads()
+    seen = []
+    real = cli._sample
+    monkeypatch.setattr(cli, "_sample", lambda args: seen.append(torch.get_num_threads()) or real(args))
+    other = 2 if before == 1 else 1
     try:
-        assert cli.main(["sample", "--prompt", "a red circle", "--n", "1", "--steps", "1", "--threads", "1",
+        assert cli.main(["sample", "--prompt", "a red circle", "--n", "1", "--steps", "1", "--threads", str(other),
                          "--out", str(tmp_path)]) == 0
-        assert torch.get_num_threads() == 1
+        assert seen == [other] and torch.get_num_threads() == before
         assert cli.main(["eval", "--threads", "0", "--n", "2"]) == 2
         assert "--threads must be >= 1" in capsys.readouterr().err
     finally:
