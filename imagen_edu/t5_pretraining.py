@@ -18,6 +18,7 @@ import torch
 
 from .data.text_corpus import CORPORA, text_corpus
 from .t5 import IGNORE_INDEX, T5, T5Config, load_t5, save_t5, span_corruption
+from .profiles import torch_threads
 from .tokenizer import WordTokenizer
 from .train import TrainConfig, Trainer
 
@@ -114,10 +115,13 @@ def _loss(model: T5, batch) -> torch.Tensor:
     return model.loss(ids, mask, labels)
 
 
-def pretrain(cfg: PretrainConfig | None = None, *, device: str = "cpu", progress: bool = True):
+def pretrain(cfg: PretrainConfig | None = None, *, device: str = "cpu", progress: bool = True,
+             threads: int | None = 1):
     """Pretrain a toy T5 by span corruption on ``cfg.corpus``: returns ``(model, tokenizer, trainer)``.
 
     The model is in eval mode, on ``device``; ``trainer.history`` holds the logged losses.
+    ``threads`` limits torch's CPU threads meanwhile (:func:`imagen_edu.profiles.torch_threads`;
+    the toy is fastest on one); ``None`` keeps torch's setting.
     """
     cfg = cfg or PretrainConfig()
     docs = text_corpus(cfg.corpus)
@@ -130,5 +134,6 @@ def pretrain(cfg: PretrainConfig | None = None, *, device: str = "cpu", progress
 
     trainer = Trainer(model, _loss, batches, cfg.train_config(), device=device, progress=progress,
                       desc=f"T5 span corruption ({cfg.corpus})")
-    trainer.train()
+    with torch_threads(threads, device):
+        trainer.train()
     return model.eval(), tok, trainer

@@ -206,7 +206,7 @@ def test_intro_figure_is_accessible():
 # ---------------------------------------------------------------------------------------------
 # Reference solutions (the appendix "Exercise solutions")
 # ---------------------------------------------------------------------------------------------
-EXERCISE_MODULES = ["ch01", "ch_data", "ch02", "ch03", "ch04", "ch05", "ch06"]
+EXERCISE_MODULES = ["ch01", "ch_data", "ch02", "ch02b", "ch03", "ch04", "ch05", "ch06"]
 
 
 @pytest.mark.parametrize("name", EXERCISE_MODULES)
