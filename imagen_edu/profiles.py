@@ -13,7 +13,8 @@ when CUDA is available and ``cpu`` otherwise. Notebooks never hard-code sizes: t
 from :func:`current`, e.g. ``P = profiles.current(); P.lm.max_steps``.
 
 Each chapter has its own small frozen settings dataclass below (``AttentionSettings``,
-``LMSettings``, ``T5Settings``...), and a :class:`Profile` bundles one of each.
+``LMSettings``...), and a :class:`Profile` bundles one of each (chapter 2b's pretraining recipe is
+``t5_pretraining.PretrainConfig``; a profile holds only its overrides, ``P.t5``).
 """
 
 from __future__ import annotations
@@ -72,32 +73,6 @@ class LMSettings:
     batch_size: int = 64
     lr: float = 3e-3
     n_samples_eval: int = 200
-
-
-# ---------------------------------------------------------------------------------------------
-# Chapter 2b: the T5-style text encoder
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class T5Settings:
-    """Span-corruption pretraining of chapter 2b's toy T5 (defaults = the cpu profile).
-
-    The fields are :class:`~imagen_edu.t5_pretraining.PretrainConfig`'s except ``corpus`` (the
-    chapter trains one model per corpus): ``PretrainConfig(corpus=name, **dataclasses.asdict(P.t5))``.
-    The defaults are ``PretrainConfig``'s: 1,500 steps take about 65 s on one free CPU core.
-    """
-
-    # T5Config fields except vocab_size (read-only: the tokenizer sets the vocabulary)
-    model: dict = field(default_factory=lambda: dict(d_model=64, n_heads=4, d_kv=16, d_ff=128, n_layers=2,
-                                                     n_decoder_layers=2, num_buckets=16, max_distance=32))
-    noise_density: float = 0.25
-    mean_span_length: float = 1.5
-    n_sentinels: int = 8
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 100
-    seed: int = 0
-    max_seconds: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +204,8 @@ class Profile:
     attention: AttentionSettings = field(default_factory=AttentionSettings)
     data: DataSettings = field(default_factory=DataSettings)
     lm: LMSettings = field(default_factory=LMSettings)
-    t5: T5Settings = field(default_factory=T5Settings)
+    # overrides of imagen_edu.t5_pretraining.PretrainConfig (chapter 2b); the cpu profile runs its defaults
+    t5: dict = field(default_factory=dict)
     diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
     clip: CLIPSettings = field(default_factory=CLIPSettings)
     imagen: ImagenSettings = field(default_factory=ImagenSettings)
@@ -251,8 +227,8 @@ PROFILES: dict[str, Profile] = {
         attention=AttentionSettings(d_model=32, n_heads=2, n_layers=2, demo_steps=300, batch_size=32),
         data=DataSettings(n_judge_images=24, n_grid_images=4, bench_batch=32, bench_batches=1),
         lm=LMSettings(d_model=32, n_heads=2, n_layers=1, max_steps=40, batch_size=32, n_samples_eval=20),
-        t5=T5Settings(model=dict(d_model=32, n_heads=2, d_kv=16, d_ff=64, n_layers=1, n_decoder_layers=1,
-                                 num_buckets=16, max_distance=32), steps=60, batch_size=32, warmup_steps=10),
+        t5=dict(model=dict(d_model=32, n_heads=2, d_kv=16, d_ff=64, n_layers=1, n_decoder_layers=1,
+                           num_buckets=16, max_distance=32), steps=60, batch_size=32, warmup_steps=10),
         diffusion=DiffusionSettings(
             timesteps=100, toy_steps=60, toy_batch=128, toy_hidden=64, image_size=16, unet_channels=8,
             unet_mults=(1, 2), image_steps=4, image_batch=8, image_max_seconds=None, n_train_images=64,
@@ -284,9 +260,8 @@ PROFILES: dict[str, Profile] = {
         attention=AttentionSettings(d_model=64, n_heads=4, n_layers=2, demo_steps=600, batch_size=128),
         data=DataSettings(n_judge_images=1000, n_grid_images=8, bench_batch=512, bench_batches=4),
         lm=LMSettings(d_model=128, n_heads=4, n_layers=4, max_steps=2000, batch_size=128, n_samples_eval=500),
-        t5=T5Settings(model=dict(d_model=128, n_heads=4, d_kv=32, d_ff=256, n_layers=3, n_decoder_layers=2,
-                                 num_buckets=16, max_distance=32), steps=4000, batch_size=128, lr=2e-3,
-                      warmup_steps=200),
+        t5=dict(model=dict(d_model=128, n_heads=4, d_kv=32, d_ff=256, n_layers=3, n_decoder_layers=2,
+                           num_buckets=16, max_distance=32), steps=4000, batch_size=128, lr=2e-3, warmup_steps=200),
         diffusion=DiffusionSettings(
             toy_steps=4000, toy_batch=1024, toy_hidden=256, image_size=32, unet_channels=64,
             unet_mults=(1, 2, 2), image_steps=6000, image_batch=128, image_max_seconds=900.0,
