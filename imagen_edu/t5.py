@@ -349,6 +349,10 @@ class T5(nn.Module):
         mask = self._check(ids, mask, "ids")
         return self.encoder(self.shared(ids), mask)
 
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's final states, by the name every frozen text encoder reads (:mod:`imagen_edu.text_encoders`)."""
+        return self.encode(ids, mask)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None, decoder_ids: torch.Tensor,
                 decoder_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder logits ``(B, N, V)`` for ``decoder_ids (B, N)`` given the encoder input ``ids (B, T)``."""

@@ -123,6 +123,9 @@ class LMTextEncoder(TextEncoder):
         name: a label for plots and logs.
     """
 
+    #: whether a caption is read after ``<bos>`` (chapter 2's LM was trained so; the toy T5 was not)
+    add_bos = True
+
     def __init__(self, model, tokenizer, name: str = "lm"):
         self.model = _freeze(model)
         self.tokenizer = tokenizer
@@ -146,7 +149,7 @@ class LMTextEncoder(TextEncoder):
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``texts`` (B strings) -> ``(embeddings (B, T, dim), mask (B, T) bool)``; zeros on padding."""
         texts = self._check_texts(texts)
-        ids, mask = self.tokenizer.batch_encode(texts)
+        ids, mask = self.tokenizer.batch_encode(texts, add_bos=self.add_bos)
         ids, mask = ids.to(self.device), mask.to(self.device)
         h = self.model.hidden(ids, mask)                       # (B, T, D)
         return h * mask[..., None], mask
@@ -301,12 +304,13 @@ class T5TextEncoder(TextEncoder):
         return h.float() * mask[..., None], mask
 
 
-class ToyT5Encoder(TextEncoder):
+class ToyT5Encoder(LMTextEncoder):
     """The encoder half of chapter 2b's toy T5, frozen: its final states per token, as Imagen reads T5-XXL.
 
     The caption is read as in pretraining (:mod:`imagen_edu.t5_pretraining`): its words, then
     ``<eos>``, no ``<bos>``; every token sees every other (bidirectional self-attention), so the
-    state at the first object has read the relation that follows it.
+    state at the first object has read the relation that follows it. The rest is
+    :class:`LMTextEncoder`'s (``T5.hidden`` is the encoder).
 
     Args:
         model: a :class:`~imagen_edu.t5.T5` (frozen here; only its encoder runs).
@@ -314,29 +318,16 @@ class ToyT5Encoder(TextEncoder):
         name: what :func:`get` resolves back to this encoder (``"toyt5:PATH"``).
     """
 
+    add_bos = False
+
     def __init__(self, model, tokenizer, name: str = "toyt5"):
-        self.model = _freeze(model)
-        self.tokenizer = tokenizer
-        self.name = name
+        super().__init__(model, tokenizer, name=name)
 
     @classmethod
     def from_file(cls, path, device: str = "cpu") -> "ToyT5Encoder":
         """A checkpoint written by :func:`imagen_edu.t5.save_t5`."""
         model, tok, _ = t5.load_t5(path, device=device)
         return cls(model, tok, name=f"toyt5:{path}")
-
-    @property
-    def dim(self) -> int:
-        return self.model.config.d_model
-
-    @torch.no_grad()
-    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``texts`` (B strings) -> ``(final encoder states (B, T, dim), mask (B, T) bool)``; zeros on padding."""
-        texts = self._check_texts(texts)
-        ids, mask = self.tokenizer.batch_encode(texts, add_bos=False, add_eos=True)
-        dev = next(self.model.parameters()).device
-        ids, mask = ids.to(dev), mask.to(dev)
-        return self.model.encode(ids, mask) * mask[..., None], mask
 
 
 class CachedTextEncoder(TextEncoder):
