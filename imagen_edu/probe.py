@@ -12,6 +12,12 @@ what a U-Net's cross-attention can use.
 :func:`side_probe` fits one logistic regression per axis on the states of a fixed random 80 % of
 the captions and reports the accuracy on the other 20 % (and on the captions with a held-out
 colour-shape pair, none of which is in the fit).
+
+Readable is not the same as loud. :func:`variance_share` asks how much of the states' spread
+(after the per-token LayerNorm a U-Net applies before cross-attention) each label explains: the
+between-class share of the total sum of squares. A direction a probe can find with a tuned
+classifier may still be a tiny share of each state, and a U-Net that learns from a denoising loss
+picks up large directions first.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 
 from .data.captions import all_captions
 
-__all__ = ["AXES", "side_labels", "object_states", "fit_logistic", "side_probe"]
+__all__ = ["AXES", "side_labels", "object_states", "fit_logistic", "side_probe", "variance_share"]
 
 #: each relation's axis and the side of the first object on it (+1: left / top, -1: right / bottom)
 AXES: dict[str, tuple[str, int]] = {"left of": ("horizontal", 1), "right of": ("horizontal", -1),
@@ -113,4 +119,42 @@ def side_probe(encoder, offset: int, *, seed: int = 0, test_fraction: float = 0.
                 correct["test"][sel[k]] = hit
     out["first_object"] = round(correct["test"][:, 0].float().mean().item(), 4)
     out["second_object"] = round(correct["test"][:, 1].float().mean().item(), 4)
+    return out
+
+
+@torch.no_grad()
+def variance_share(encoder, offset: int) -> dict:
+    """Share of the object words' state variance explained by each label, per axis: ``R^2`` in [0, 1].
+
+    For every two-object caption, the LayerNormed states at the four object words (colour and
+    shape of each object) are labelled by their ``order`` (first or second object) and their
+    ``side`` (left/top or right/bottom; the product of the order and the relation's sign).
+    ``R^2 = sum_k n_k |mean_k - mean|^2 / sum_i |x_i - mean|^2`` (between-class over total sum of
+    squares). Returns ``{"horizontal": {"order": r2, "side": r2}, "vertical": {...}}``.
+    """
+    caps = [c for c in all_captions() if c.relation is not None]
+    texts = [c.text for c in caps]
+    out: dict = {}
+    rows, order, side, axis = [], [], [], []
+    for i in range(0, len(texts), 256):
+        states, _ = encoder.encode(texts[i:i + 256])
+        states = torch.nn.functional.layer_norm(states.float().cpu(), states.shape[-1:])
+        for b, c in enumerate(caps[i:i + 256]):
+            n = len(c.text.split())
+            first, second = side_labels(c.relation)
+            for pos, o, s in ((1, 0, first), (2, 0, first), (n - 2, 1, second), (n - 1, 1, second)):
+                rows.append(states[b, offset + pos])
+                order.append(o)
+                side.append(s)
+                axis.append(AXES[c.relation][0])
+    x, order, side = torch.stack(rows), torch.tensor(order), torch.tensor(side)
+    for name in ("horizontal", "vertical"):
+        sel = torch.tensor([a == name for a in axis])
+        xs = x[sel]
+        mean = xs.mean(0)
+        total = (xs - mean).square().sum()
+        out[name] = {}
+        for label, lab in (("order", order[sel]), ("side", side[sel])):
+            between = sum((lab == k).sum() * (xs[lab == k].mean(0) - mean).square().sum() for k in (0, 1))
+            out[name][label] = round(float(between / total), 4)
     return out

@@ -45,3 +45,37 @@ def test_causal_first_object_is_chance():
     r = probe.side_probe(_Fake("causal"), offset=1)
     assert 0.35 < r["first_object"] < 0.65
     assert r["second_object"] > 0.9
+
+
+class _Loud:
+    """States = one-hot word + ``scale`` x (side, order) channels at every object word (``<bos>`` at 0)."""
+
+    def __init__(self, side_scale, order_scale):
+        self.side_scale, self.order_scale = side_scale, order_scale
+
+    def encode(self, texts):
+        ids, mask = TOK.batch_encode(texts)
+        x = torch.nn.functional.one_hot(ids, TOK.vocab_size).float()
+        extra = torch.zeros(ids.shape + (2,))
+        for b, t in enumerate(texts):
+            p = [c for c in all_captions() if c.text == t][0]
+            if p.relation is None:
+                continue
+            n = len(t.split())
+            first, second = probe.side_labels(p.relation)
+            for pos, s, o in ((1, first, 0), (2, first, 0), (n - 2, second, 1), (n - 1, second, 1)):
+                extra[b, 1 + pos] = torch.tensor([self.side_scale * (2 * s - 1), self.order_scale * (2 * o - 1)])
+        return torch.cat([x, extra], -1), mask
+
+
+def test_variance_share_measures_how_loud_each_label_is():
+    """A side channel 10x louder than the order channel explains more of the spread, and the reverse;
+    with no side channel at all the side explains (almost) nothing."""
+    loud_side = probe.variance_share(_Loud(3.0, 0.3), offset=1)
+    loud_order = probe.variance_share(_Loud(0.3, 3.0), offset=1)
+    for axis in ("horizontal", "vertical"):
+        assert loud_side[axis]["side"] > 0.3 > loud_side[axis]["order"]
+        assert loud_order[axis]["order"] > 0.3 > loud_order[axis]["side"]
+        assert 0.0 <= loud_side[axis]["side"] <= 1.0
+    silent = probe.variance_share(_Loud(0.0, 3.0), offset=1)
+    assert silent["horizontal"]["side"] < 0.01

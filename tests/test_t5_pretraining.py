@@ -5,18 +5,35 @@ import torch
 
 from imagen_edu import t5_pretraining as P
 from imagen_edu.data import captions
-from imagen_edu.data.text_corpus import CORPORA, SEPARATOR, text_corpus
+from imagen_edu.data.text_corpus import CORPORA, SEPARATOR, side_sentence, text_corpus
 from imagen_edu.t5 import IGNORE_INDEX
 
 
 def test_corpora_are_text_of_the_grammar_only():
-    """Every sentence of every corpus is a caption of the grammar (no layout, no judge output)."""
+    """Every sentence of every corpus is a caption of the grammar or (``described``) its side
+    sentence (no layout, no judge output)."""
     for name in CORPORA:
         docs = text_corpus(name)
         assert len(docs) == len(set(docs)) == 1098
         for d in docs:
-            for sentence in d.split(f" {SEPARATOR} "):
+            sentences = d.split(f" {SEPARATOR} ")
+            if name == "described" and len(sentences) == 3:
+                cap = captions.parse_caption(sentences[0])
+                assert sentences[2] == side_sentence(cap.objects, cap.relation)
+                sentences = sentences[:2]
+            for sentence in sentences:
                 captions.parse_caption(sentence)
+
+
+def test_side_sentence_names_each_objects_side_in_caption_order():
+    """The side is the product of the object's order and the relation's sign (chapter 5)."""
+    assert side_sentence((("red", "circle"), ("blue", "square")), "right of") == \
+        "on the right a red circle , on the left a blue square"
+    assert side_sentence((("red", "circle"), ("blue", "square")), "above") == \
+        "on the top a red circle , on the bottom a blue square"
+    docs = text_corpus("described")
+    assert ("a red circle below a blue square . a blue square above a red circle . "
+            "on the bottom a red circle , on the top a blue square") in docs
 
 
 def test_restated_corpus_says_each_fact_both_ways():

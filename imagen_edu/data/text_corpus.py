@@ -10,6 +10,11 @@ from the caption grammar (:mod:`imagen_edu.data.captions`) and nothing else. Two
   way round (``a red circle left of a blue square . a blue square right of a red circle``), in
   both orders; one-object captions alone. Real text says one thing in many ways; here, to fill a
   dropped ``right`` the model must know what ``left`` meant and which object came first.
+* ``"described"``: the restated pair and a third sentence that names where each object is, in
+  the caption's own order (``a red circle right of a blue square . a blue square left of a red
+  circle . on the right a red circle , on the left a blue square``), as a description in prose
+  would. To fill a dropped ``right`` there the model must combine the object's order with the
+  relation word: exactly the product a picture of the caption needs (chapter 5).
 
 **Held-out pairs.** Both corpora contain every colour-shape pair, the four held out of the image
 training split included: a large text corpus such as C4 mentions green triangles too, and Imagen
@@ -22,12 +27,23 @@ from __future__ import annotations
 
 from .captions import CONVERSE, all_captions, make_caption
 
-__all__ = ["CORPORA", "SEPARATOR", "text_corpus"]
+__all__ = ["CORPORA", "SEPARATOR", "SIDE_WORDS", "side_sentence", "text_corpus"]
 
 #: the corpus designs :func:`text_corpus` knows
-CORPORA: tuple[str, ...] = ("captions", "restated")
+CORPORA: tuple[str, ...] = ("captions", "restated", "described")
+#: the word naming each side (first object's side on the relation's axis, the other's)
+SIDE_WORDS: dict[str, tuple[str, str]] = {"left of": ("left", "right"), "right of": ("right", "left"),
+                                          "above": ("top", "bottom"), "below": ("bottom", "top")}
 #: the token between two sentences of one document
 SEPARATOR = "."
+
+
+def side_sentence(objects, relation: str) -> str:
+    """``on the right a red circle , on the left a blue square`` for ``a red circle right of a blue
+    square``: each object's side, in the caption's order."""
+    (c1, s1), (c2, s2) = objects
+    w1, w2 = SIDE_WORDS[relation]
+    return f"on the {w1} a {c1} {s1} , on the {w2} a {c2} {s2}"
 
 
 def text_corpus(name: str) -> list[str]:
@@ -35,7 +51,8 @@ def text_corpus(name: str) -> list[str]:
 
     ``"captions"``: 1,098 documents (18 one-object, 1,080 two-object). ``"restated"``: also 1,098:
     the 18 one-object captions, and for each of the 540 two-object facts its two phrasings
-    joined, once in each order, so every caption opens exactly one document.
+    joined, once in each order, so every caption opens exactly one document. ``"described"``:
+    1,098 too, each two-object caption followed by its converse and its side sentence.
     """
     if name not in CORPORA:
         raise ValueError(f"unknown text corpus {name!r}: expected one of {CORPORA}")
@@ -46,6 +63,9 @@ def text_corpus(name: str) -> list[str]:
             continue
         a, b = cap.objects
         converse = make_caption((b, a), CONVERSE[cap.relation])
+        if name == "described":
+            docs.append(f"{cap.text} {SEPARATOR} {converse} {SEPARATOR} {side_sentence(cap.objects, cap.relation)}")
+            continue
         docs.append(f"{cap.text} {SEPARATOR} {converse}")
         docs.append(f"{converse} {SEPARATOR} {cap.text}")
     return list(dict.fromkeys(docs))
