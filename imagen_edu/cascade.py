@@ -7,6 +7,12 @@ noised to a fixed augmentation level (:mod:`imagen_edu.noise_augmentation`). Eve
 with classifier-free guidance (:mod:`imagen_edu.guidance`) and thresholding of the predicted
 ``x0`` (:mod:`imagen_edu.thresholding`).
 
+**A seed fixes each image.** Image ``(line, k)`` (sample ``k`` of the prompt at index ``line``)
+is drawn from its own generators, one per stage, seeded by :func:`image_seed` and
+:func:`stage_seed` from ``(seed, line, k)`` alone: the same seed gives the same image whatever
+the batch size, the number of samples per prompt or which other images are generated with it
+(:meth:`ImagenCascade.sample_batches`).
+
 The cascade's images are judged by :func:`imagen_edu.evaluate.evaluate_cascade`.
 
 Derived in chapter 5 (``book/05_imagen_cascade.ipynb``, Section "The cascade").
@@ -14,18 +20,19 @@ Derived in chapter 5 (``book/05_imagen_cascade.ipynb``, Section "The cascade").
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from . import checkpoints, text_encoders
-from .stage import STAGES, ImagenStage, MissingCheckpointError, load_stage
+from .stage import MAX_SEED, STAGES, ImagenStage, MissingCheckpointError, check_int, load_stage
 from .stage_training import stage_file, train_command
 
-__all__ = ["ImagenCascade", "check_prompts", "check_positive_int"]
+__all__ = ["ImagenCascade", "check_prompts", "check_positive_int", "check_seed", "image_seed", "stage_seed"]
 
 
 def check_prompts(prompts) -> list[str]:
@@ -45,10 +52,43 @@ def check_prompts(prompts) -> list[str]:
 
 
 def check_positive_int(v, name: str) -> int:
-    """``v`` if it is an int >= 1 (not a bool), else ``ValueError`` naming ``name``."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    return v
+    """``v`` if it is an int >= 1 (not a bool, not a float), else ``ValueError`` naming ``name``."""
+    return check_int(v, name, low=1)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` if it is an int (not a bool, not a float: ``1.7`` is a ``TypeError``) in ``[0, 2**63)``."""
+    return check_int(seed, name, low=0, high=MAX_SEED - 1)
+
+
+def _hash_to_seed(text: str) -> int:
+    """The first 8 bytes of ``sha256(text)`` as a big-endian int, top bit cleared: in ``[0, 2**63)``."""
+    return int.from_bytes(hashlib.sha256(text.encode("ascii")).digest()[:8], "big") >> 1
+
+
+def image_seed(seed: int, line: int, k: int) -> int:
+    """The seed of one image: sample ``k`` of the prompt at index ``line``, for the run seed ``seed``.
+
+    ``sha256("imagen_edu image {seed} {line} {k}")``, its first 8 bytes read big-endian and shifted
+    right by one bit: an int in ``[0, 2**63)``, stable across machines, Python versions and runs
+    (no ``hash()``), and different for every ``(seed, line, k)`` up to hash collisions. ``seed``
+    is in ``[0, 2**63)``, ``line`` and ``k`` are ints >= 0.
+    """
+    seed = check_seed(seed)
+    line, k = check_int(line, "line", low=0), check_int(k, "k", low=0)
+    return _hash_to_seed(f"imagen_edu image {seed} {line} {k}")
+
+
+def stage_seed(image_seed: int, stage: int) -> int:
+    """The seed of the generator that stage ``stage`` (0 = base) uses for one image: ``image_seed`` hashed again.
+
+    ``sha256("imagen_edu stage {image_seed} {stage}")`` reduced as in :func:`image_seed`. Each
+    stage gets its own stream, so changing one stage's settings (its steps, its sampler) leaves
+    the noise of the other stages as it was.
+    """
+    image_seed = check_seed(image_seed, "image_seed")
+    stage = check_int(stage, "stage", low=0)
+    return _hash_to_seed(f"imagen_edu stage {image_seed} {stage}")
 
 
 class ImagenCascade:
@@ -127,61 +167,103 @@ class ImagenCascade:
             emb, mask = self.encoder.encode([p.lower() for p in prompts])
         return emb.float(), mask
 
+    def sample_batches(self, prompts, n: int = 1, guidance=None, steps=None, seed: int = 0, sampler: str = "ddim",
+                       threshold: str | None = None, aug_level=None, batch_size: int = 256, progress: bool = True,
+                       eta: float | None = None, skip: Callable[[int, int], bool] | None = None,
+                       ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+        """Generate ``n`` images per prompt batch by batch: yields ``(keys, images)`` per batch.
+
+        ``keys`` is the batch's list of ``(line, k)`` (sample ``k`` of ``prompts[line]``),
+        prompt-major; ``images`` is ``(len(keys), 3, R, R)`` float on the CPU in [-1, 1] at the
+        final resolution. Image ``(line, k)`` depends only on ``(seed, line, k)``, the models and
+        the settings, never on ``batch_size``, ``n`` or ``skip``: each image is drawn with its own
+        generator per stage (:func:`image_seed`, :func:`stage_seed`). ``batch_size`` is only a
+        speed (and memory) setting; batched kernels may still differ in the last bits between
+        batch sizes.
+
+        Every argument is checked when this is called, before any work (the generator it returns
+        then only samples). The other arguments are those of :meth:`sample`, plus
+
+        Args:
+            skip: ``skip(line, k) -> bool``: an image for which it is true is left out entirely
+                (e.g. one already written by an earlier run); the others are unchanged.
+        """
+        plan = self._plan(prompts, n, guidance, steps, seed, sampler, threshold, aug_level, batch_size, eta, skip)
+        return ((keys, outs[-1]) for keys, outs in self._run(plan, progress))
+
     @torch.no_grad()
     def sample(self, prompts, n: int = 1, guidance=None, steps=None, seed: int = 0, sampler: str = "ddim",
                threshold: str | None = None, aug_level=None, batch_size: int = 256, progress: bool = True,
                return_stages: bool = False, eta: float | None = None):
         """Generate ``n`` images per prompt at the final resolution: ``(P * n, 3, R, R)`` in [-1, 1].
 
+        All of :meth:`sample_batches`, gathered: image ``(line, k)`` is row ``line * n + k``, the
+        same for any ``batch_size`` and the same as sample ``k`` of any call with more samples.
+
         Args:
-            prompts: a str or a list of P str (batched together).
+            prompts: a str or a list of P str.
             n: samples per prompt (>= 1).
-            guidance: ``w >= 0`` for the base stage (SR stages keep their config's ``guidance``),
-                or a sequence with one ``w`` per stage; ``None``: each stage's default.
-            steps: DDIM steps (>= 1) for every stage, a sequence per stage, or ``None`` (defaults).
-            seed: seeds all noise: the same call gives the same images.
+            guidance: ``w >= 0`` (finite) for the base stage (SR stages keep their config's
+                ``guidance``), or a sequence with one ``w`` per stage; ``None``: each stage's default.
+            steps: sampling steps for every stage (an int in ``[1, timesteps]``: more is refused),
+                a sequence per stage, or ``None`` (defaults).
+            seed: an int in ``[0, 2**63)``; with the prompts, their order and the sample index it
+                fixes each image (:func:`image_seed`).
             sampler: ``"ddim"`` (eta 0) or ``"ddpm"``.
             threshold: ``"dynamic"``, ``"static"`` or ``"none"`` for every stage, or ``None`` (each
                 stage's ``config.threshold``).
-            aug_level: SR augmentation level at sampling (default: each stage's ``aug_sample_level``).
-            eta: DDIM noise scale for every stage (default: each stage's ``eta``).
-            batch_size: images generated at once.
+            aug_level: SR augmentation level at sampling, finite in [0, 1] (default: each stage's
+                ``aug_sample_level``).
+            eta: DDIM noise scale in [0, 1] for every stage (default: each stage's ``eta``).
+            batch_size: images generated at once (a speed setting: the images do not change).
             return_stages: also return the list of every stage's output.
         """
-        prompts = check_prompts(prompts)
-        check_positive_int(n, "n")
-        check_positive_int(batch_size, "batch_size")
-        k = len(self.stages)
-        ws = self._per_stage(guidance, "guidance", default=[s.config.guidance for s in self.stages], base_only=True)
-        for w in ws:
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise ValueError(f"guidance must be a number >= 0, got {w!r}")
-        ks = self._per_stage(steps, "steps", default=[s.config.sample_steps for s in self.stages])
-        for s in ks:
-            check_positive_int(s, "steps")
-        texts = [p for p in prompts for _ in range(n)]
-        emb, mask = self.encode(prompts)
-        ids = torch.arange(len(prompts)).repeat_interleave(n)
-        g = torch.Generator().manual_seed(int(seed))
-        outs = [[] for _ in range(k)]
-        chunks = range(0, len(texts), batch_size)
-        bar = None
-        if progress:
-            bar = tqdm(total=len(texts) * k, desc="sampling cascade", leave=False)
-        for c0 in chunks:
-            sel = ids[c0:c0 + batch_size]
-            e, m = emb[sel], mask[sel]
-            x = None
-            for i, st in enumerate(self.stages):
-                x = st.sample(e, m, guidance=float(ws[i]), steps=int(ks[i]), lowres=x, aug_level=aug_level,
-                              sampler=sampler, threshold=threshold, eta=eta, generator=g)
-                outs[i].append(x)  # kept on the device: one copy to the host at the end
-                if bar is not None:
-                    bar.update(len(sel))
-        if bar is not None:
-            bar.close()
-        stages = [torch.cat(o).cpu() for o in outs]
+        plan = self._plan(prompts, n, guidance, steps, seed, sampler, threshold, aug_level, batch_size, eta, None)
+        done = list(self._run(plan, progress))
+        stages = [torch.cat([outs[i] for _, outs in done]) for i in range(len(self.stages))]
         return (stages[-1], stages) if return_stages else stages[-1]
+
+    def _plan(self, prompts, n, guidance, steps, seed, sampler, threshold, aug_level, batch_size, eta, skip) -> dict:
+        """Check every argument of :meth:`sample_batches` (before any work) and encode the prompts."""
+        prompts = check_prompts(prompts)
+        n = check_positive_int(n, "n")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        seed = check_seed(seed)
+        if skip is not None and not callable(skip):
+            raise TypeError(f"skip must be None or a function skip(line, k) -> bool, got {type(skip).__name__}")
+        ws = self._per_stage(guidance, "guidance", default=[s.config.guidance for s in self.stages], base_only=True)
+        ks = self._per_stage(steps, "steps", default=[s.config.sample_steps for s in self.stages])
+        settings = []
+        for st, w, k in zip(self.stages, ws, ks):
+            w, k, e, a, th = st.check_sampling(guidance=w, steps=k, eta=eta, aug_level=aug_level,
+                                               threshold=threshold, sampler=sampler)
+            settings.append(dict(guidance=w, steps=k, eta=e, aug_level=a, threshold=th, sampler=sampler))
+        keys = [(line, k) for line in range(len(prompts)) for k in range(n) if skip is None or not skip(line, k)]
+        emb, mask = self.encode(prompts)
+        return dict(keys=keys, emb=emb, mask=mask, seed=seed, batch_size=batch_size, settings=settings)
+
+    @torch.no_grad()
+    def _run(self, plan: dict, progress: bool) -> Iterator[tuple[list[tuple[int, int]], list[torch.Tensor]]]:
+        """Sample a :meth:`_plan` batch by batch: yields ``(keys, [each stage's output on the CPU])``."""
+        keys, bs = plan["keys"], plan["batch_size"]
+        bar = tqdm(total=len(keys) * len(self.stages), desc="sampling cascade", leave=False) if progress else None
+        try:
+            for c0 in range(0, len(keys), bs):
+                batch = keys[c0:c0 + bs]
+                rows = torch.tensor([line for line, _ in batch])
+                e, m = plan["emb"][rows], plan["mask"][rows]
+                seeds = [image_seed(plan["seed"], line, k) for line, k in batch]
+                x, outs = None, []
+                for i, (st, kw) in enumerate(zip(self.stages, plan["settings"])):
+                    gens = [torch.Generator().manual_seed(stage_seed(z, i)) for z in seeds]
+                    x = st.sample(e, m, lowres=x, generator=gens, **kw)
+                    outs.append(x.float().cpu())
+                    if bar is not None:
+                        bar.update(len(batch))
+                yield batch, outs
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _per_stage(self, value, what, default, base_only=False):
         k = len(self.stages)

@@ -41,7 +41,7 @@ for the device inside a step.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -58,6 +58,9 @@ __all__ = [
     "timestep_subsequence",
     "posterior_coefficients",
     "normal_kl",
+    "Generators",
+    "gaussian_noise",
+    "random_timesteps",
     "GaussianDiffusion",
 ]
 
@@ -175,17 +178,66 @@ def _to_device(x: torch.Tensor, device) -> torch.Tensor:
     return x.to(device)
 
 
-def _generator_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
+#: what the noise-drawing functions accept as ``generator``: ``None`` (torch's global generator),
+#: one ``torch.Generator`` for the whole batch, or a sequence of them, one per row of the batch
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
-def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
-    """``N(0, I)`` noise of ``shape`` drawn on the generator's device (the CPU without one), moved to ``device``.
+def _generators(generator, batch: int) -> tuple[list[torch.Generator] | None, torch.device]:
+    """``(per-row generators or None, the device they draw on)`` for a :data:`Generators` value.
 
-    Drawing where the generator lives keeps a seeded run identical on every device.
+    ``None`` and one ``torch.Generator`` give ``(None, its device)`` (the CPU for ``None``); a
+    sequence must hold ``batch`` generators on one device.
     """
-    z = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=_generator_device(generator))
-    return _to_device(z, device)
+    if generator is None:
+        return None, torch.device("cpu")
+    if isinstance(generator, torch.Generator):
+        return None, generator.device
+    if isinstance(generator, (str, bytes)) or not isinstance(generator, Sequence):
+        raise TypeError(f"generator must be a torch.Generator, a sequence of them (one per row) or None, "
+                        f"got {type(generator).__name__}")
+    gens = list(generator)
+    if len(gens) != batch:
+        raise ValueError(f"a sequence of generators needs one per row: {batch} rows, got {len(gens)} generators")
+    if not all(isinstance(g, torch.Generator) for g in gens):
+        raise TypeError("every element of the generator sequence must be a torch.Generator")
+    devices = {g.device for g in gens}
+    if len(devices) > 1:
+        raise ValueError(f"the per-row generators must live on one device, got {sorted(map(str, devices))}")
+    return gens, (devices.pop() if devices else torch.device("cpu"))
+
+
+def gaussian_noise(shape, generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``N(0, I)`` noise of ``shape = (B, ...)``, drawn where the generator lives, then moved to ``device``.
+
+    ``generator`` is ``None`` (the global generator, on the CPU), one ``torch.Generator`` (the
+    whole tensor in one draw, on its device) or a sequence of ``B`` generators: row ``r`` is then
+    drawn from generator ``r`` alone, with shape ``shape[1:]``, so a row's noise does not depend
+    on the other rows of the batch (chapter 5: a seed fixes each image, whatever the batch).
+    Drawing where the generator lives keeps a seeded run identical on every device. ``device``
+    defaults to the generator's.
+    """
+    shape = tuple(int(s) for s in shape)
+    gens, at = _generators(generator, shape[0] if shape else 0)
+    if gens is None:
+        z = torch.randn(shape, generator=generator, dtype=dtype, device=at)
+    elif gens:
+        z = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=at) for g in gens])
+    else:
+        z = torch.empty(shape, dtype=dtype, device=at)
+    return _to_device(z, at if device is None else device)
+
+
+def random_timesteps(timesteps: int, batch: int, generator: Generators = None) -> torch.Tensor:
+    """``(B,)`` long indices uniform in ``[0, T)``, drawn on the generator's device.
+
+    With a sequence of ``B`` generators, row ``r``'s index comes from generator ``r``.
+    """
+    gens, at = _generators(generator, batch)
+    if gens is None:
+        return torch.randint(0, timesteps, (batch,), generator=generator, device=at)
+    return torch.cat([torch.randint(0, timesteps, (1,), generator=g, device=at) for g in gens]
+                     + [torch.empty(0, dtype=torch.long, device=at)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +388,7 @@ class GaussianDiffusion:
 
     # --------------------------------------------------------------------- forward process
     def q_step(self, x_prev: torch.Tensor, t, noise: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: Generators = None) -> torch.Tensor:
         """One forward step ``x_t ~ q(x_t | x_{t-1}) = N(sqrt(1-beta_t) x_{t-1}, beta_t I)``, Eq. (2).
 
         Derived in chapter 3, Eq. (ch3-eq-forward). ``x_prev (B, ...)`` is ``x_{t-1}`` (``x_0``
@@ -344,13 +396,13 @@ class GaussianDiffusion:
         """
         t = self._check_t(t, x_prev.shape[0], x_prev.device)
         if noise is None:
-            noise = _randn(x_prev.shape, generator, x_prev.device, x_prev.dtype)
+            noise = gaussian_noise(x_prev.shape, generator, x_prev.device, x_prev.dtype)
         self._check_same(noise, x_prev, "noise", "x_prev")
         beta = self._at("betas", t, x_prev)
         return (1.0 - beta).sqrt() * x_prev + beta.sqrt() * noise
 
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: Generators = None) -> torch.Tensor:
         """Jump straight to ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, Eq. (4) of Ho et al.
 
         Derived in chapter 3, Eq. (ch3-eq-closed-form). ``x0 (B, ...)``, ``t (B,)`` indices,
@@ -358,7 +410,7 @@ class GaussianDiffusion:
         """
         t = self._check_t(t, x0.shape[0], x0.device)
         if noise is None:
-            noise = _randn(x0.shape, generator, x0.device, x0.dtype)
+            noise = gaussian_noise(x0.shape, generator, x0.device, x0.dtype)
         self._check_same(noise, x0, "noise", "x0")
         return self._at("sqrt_alphas_cumprod", t, x0) * x0 + self._at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
@@ -534,14 +586,14 @@ class GaussianDiffusion:
         return clipped / (snr + 1.0)
 
     def loss(self, model: Callable, x0: torch.Tensor, t=None, noise: torch.Tensor | None = None,
-             model_kwargs: dict | None = None, *, generator: torch.Generator | None = None,
+             model_kwargs: dict | None = None, *, generator: Generators = None,
              reduction: str = "mean") -> torch.Tensor:
         """The training loss (Algorithm 1 of Ho et al.): ``w(t) * mean ||target - model(x_t, t)||^2``.
 
         Derived in chapter 3, Eq. (ch3-eq-simple-loss): with ``objective="eps"`` and no weighting
         this is ``L_simple``, Eq. (14). ``x0 (B, ...)``; ``t (B,)`` indices (uniform if omitted);
         ``noise`` like ``x0`` (drawn if omitted; both drawn with ``generator`` on its device, the
-        CPU without one). ``reduction="none"`` gives the ``(B,)`` losses.
+        CPU without one; a sequence of ``B`` generators draws row ``r`` from generator ``r``). ``reduction="none"`` gives the ``(B,)`` losses.
         """
         if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
             raise ValueError(f"x0 must be a tensor (B, ...) with a batch dimension, got "
@@ -550,10 +602,10 @@ class GaussianDiffusion:
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         b = x0.shape[0]
         if t is None:
-            t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=_generator_device(generator))
+            t = random_timesteps(self.num_timesteps, b, generator)
         t = self._check_t(t, b, x0.device)
         if noise is None:
-            noise = _randn(x0.shape, generator, x0.device, x0.dtype)
+            noise = gaussian_noise(x0.shape, generator, x0.device, x0.dtype)
         xt = self.q_sample(x0, t, noise)
         out = model(xt, t, **(model_kwargs or {}))
         if not isinstance(out, torch.Tensor) or out.shape != xt.shape:
@@ -637,7 +689,7 @@ class GaussianDiffusion:
     # --------------------------------------------------------------------- samplers
     @torch.no_grad()
     def sample(self, model: Callable, shape: Sequence[int], *, sampler: str = "ddpm", steps=None,
-               eta: float = 0.0, generator: torch.Generator | None = None, clip_denoised: bool = True,
+               eta: float = 0.0, generator: Generators = None, clip_denoised: bool = True,
                model_kwargs: dict | None = None, progress: bool = True, return_trajectory: bool = False,
                x0_transform: Callable | None = None, noise: torch.Tensor | None = None,
                device=None, dtype=torch.float32):
@@ -664,7 +716,9 @@ class GaussianDiffusion:
             shape: ``(B, ...)`` of the samples.
             steps: ``None`` (all ``T``), an int in ``[1, T]`` (evenly spaced), or explicit indices.
             eta: DDIM's noise scale in ``[0, 1]`` (ignored by ``ddpm``).
-            generator: a ``torch.Generator`` for reproducible ``x_T`` and noise.
+            generator: a ``torch.Generator`` for reproducible ``x_T`` and noise, or a sequence of
+                ``B`` generators, one per row: row ``r``'s ``x_T`` and noise then come from
+                generator ``r`` alone (:func:`gaussian_noise`), whatever the other rows.
             clip_denoised: clip the predicted ``x0`` to [-1, 1] (image data live there).
             x0_transform: optional ``f(x0, t) -> x0`` applied to the predicted ``x0`` first
                 (dynamic thresholding, chapter 5).
@@ -694,7 +748,7 @@ class GaussianDiffusion:
                 raise ValueError(f"noise (x_T) has shape {tuple(noise.shape)}, expected {shape}")
             x = noise.to(device=device, dtype=dtype)
         else:
-            x = _randn(shape, generator, device, dtype)
+            x = gaussian_noise(shape, generator, device, dtype)
         b, visited = shape[0], seq.tolist()
         traj, x0s = [x], []
         first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite state
@@ -705,10 +759,10 @@ class GaussianDiffusion:
             pred = self.model_predictions(model, x, t, model_kwargs=model_kwargs,
                                           clip_denoised=clip_denoised, x0_transform=x0_transform)
             if sampler == "ddpm":
-                z = _randn(shape, generator, device, dtype) if t_prev_i >= 0 else None   # z = 0 at the last step
+                z = gaussian_noise(shape, generator, device, dtype) if t_prev_i >= 0 else None   # z = 0 at the last step
                 x = self.ddpm_step(pred["pred_x0"], x, t, t_prev, z)
             else:
-                z = _randn(shape, generator, device, dtype) if eta > 0 and t_prev_i >= 0 else None  # sigma = 0 else
+                z = gaussian_noise(shape, generator, device, dtype) if eta > 0 and t_prev_i >= 0 else None  # sigma = 0 else
                 x = self.ddim_step(pred["pred_x0"], pred["pred_eps"], t, t_prev, eta, z)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(x).all(), i, first_bad)
             if return_trajectory:

@@ -22,6 +22,8 @@ Derived in chapter 5 (``book/05_guidance.ipynb``), Eq. (ch5-eq-cfg).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["masked_mean", "guide", "GuidedDenoiser"]
@@ -64,8 +66,9 @@ class GuidedDenoiser:
     def __init__(self, stage, text_emb: torch.Tensor, text_mask: torch.Tensor, guidance: float,
                  lowres: torch.Tensor | None = None, lowres_noise_level: torch.Tensor | None = None,
                  skip_uncond: bool = True):
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or guidance < 0:
-            raise ValueError(f"guidance must be a number >= 0, got {guidance!r}")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+                or guidance < 0:
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
         self.stage, self.w = stage, float(guidance)
         self.text_emb, self.text_mask = text_emb, text_mask
         self.lowres, self.level = lowres, lowres_noise_level

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .diffusion import cosine_alpha_bar
+from .diffusion import Generators, cosine_alpha_bar, gaussian_noise
 
 __all__ = ["aug_alpha_bar", "augment_lowres"]
 
@@ -28,12 +28,15 @@ def aug_alpha_bar(level: torch.Tensor, s: float = 0.008) -> torch.Tensor:
 
 
 def augment_lowres(lowres: torch.Tensor, level, *, noise: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: Generators = None) -> torch.Tensor:
     """Noise the low-resolution conditioning image to augmentation level ``level``.
 
     ``z_a = sqrt(abar(a)) x + sqrt(1 - abar(a)) eps``: the forward process, Eq. (4) of Ho et al.,
     in continuous time (:func:`aug_alpha_bar`). ``lowres (B, C, h, w)``, ``level`` a float or
     ``(B,)`` in [0, 1]. Level 0 returns ``lowres`` unchanged. Derived in chapter 5, Eq. (ch5-eq-nca).
+
+    ``eps`` is ``noise`` if given, else drawn with ``generator``: one ``torch.Generator``, or a
+    sequence of ``B`` (row ``r`` from generator ``r``; :func:`imagen_edu.diffusion.gaussian_noise`).
 
     The range of ``level`` is checked when it is a number or a CPU tensor; a tensor on an
     accelerator is not read back (that would stall every training step).
@@ -44,10 +47,11 @@ def augment_lowres(lowres: torch.Tensor, level, *, noise: torch.Tensor | None = 
         level = level.expand(b)
     if level.shape != (b,):
         raise ValueError(f"level must be a float or (B,) = ({b},), got {tuple(level.shape)}")
-    if level.device.type == "cpu" and level.numel() and (float(level.min()) < 0 or float(level.max()) > 1):
-        raise ValueError(f"augmentation levels must lie in [0, 1], got min {float(level.min())}, "
+    if level.device.type == "cpu" and level.numel() and (not bool(torch.isfinite(level).all())
+                                                         or float(level.min()) < 0 or float(level.max()) > 1):
+        raise ValueError(f"augmentation levels must be finite and lie in [0, 1], got min {float(level.min())}, "
                          f"max {float(level.max())}")
     if noise is None:
-        noise = torch.randn(lowres.shape, generator=generator, dtype=lowres.dtype).to(lowres.device)
+        noise = gaussian_noise(lowres.shape, generator, lowres.device, lowres.dtype)
     ab = aug_alpha_bar(level).to(device=lowres.device, dtype=lowres.dtype).reshape(b, *([1] * (lowres.dim() - 1)))
     return ab.sqrt() * lowres + (1 - ab).sqrt() * noise

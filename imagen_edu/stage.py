@@ -19,6 +19,8 @@ Derived in chapter 5 (``book/05_guidance.ipynb``, Section "Conditioning the U-Ne
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,16 +29,91 @@ from einops import rearrange, repeat
 from torch import nn
 
 from . import checkpoints
-from .diffusion import GaussianDiffusion
+from .diffusion import OBJECTIVES, SAMPLERS, SCHEDULES, GaussianDiffusion, Generators, gaussian_noise
 from .guidance import GuidedDenoiser, masked_mean
 from .noise_augmentation import augment_lowres
 from .thresholding import THRESHOLDS, dynamic_threshold
 from .unet import UNet, UNetConfig
 
-__all__ = ["STAGES", "StageConfig", "ImagenStage", "save_stage", "load_stage", "MissingCheckpointError"]
+__all__ = ["STAGES", "MAX_SEED", "NumberTypeError", "check_int", "check_real", "StageConfig", "ImagenStage",
+           "save_stage", "load_stage", "MissingCheckpointError"]
 
 #: the stage names of a cascade, in order: a base model and up to two super-resolution stages
 STAGES: tuple[str, ...] = ("base", "sr1", "sr2")
+
+#: seeds lie in ``[0, MAX_SEED)``: what ``torch.Generator.manual_seed`` takes without wrapping
+MAX_SEED = 2 ** 63
+
+
+# ---------------------------------------------------------------------------------------------
+# Checked numbers: every number that enters a stage (config, sampling) is checked where it enters
+# ---------------------------------------------------------------------------------------------
+class NumberTypeError(TypeError, ValueError):
+    """A value that is not a number of the right kind (a float or a bool where an int belongs, a str, ...).
+
+    Both a ``TypeError`` (what it is) and a ``ValueError`` (so that a config read back from a
+    checkpoint fails with a ``ValueError``, as every other nonsense value does).
+    """
+
+
+def _range_text(low, high, low_open: bool = False, high_open: bool = False) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high}"
+    return ""
+
+
+def check_int(v, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """``v`` as an ``int`` if it is an integer (not a bool, not a float: ``1.7`` is no seed) in ``[low, high]``.
+
+    A wrong type raises :class:`NumberTypeError`, a value out of range ``ValueError``; both name
+    ``name`` and say what was given and what is expected.
+    """
+    want = " ".join(("an int", _range_text(low, high))).strip()
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise NumberTypeError(f"{name} must be {want}, got {v!r} ({type(v).__name__})")
+    v = int(v)
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise ValueError(f"{name} must be {want}, got {v}")
+    return v
+
+
+def check_real(v, name: str, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """``v`` as a finite ``float`` in the range (``low``/``high``, open or closed), else an error naming ``name``.
+
+    ``inf`` and ``nan`` are refused (``ValueError``), as is a bool or a non-number
+    (:class:`NumberTypeError`).
+    """
+    want = " ".join(("a finite number", _range_text(low, high, low_open, high_open))).strip()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise NumberTypeError(f"{name} must be {want}, got {v!r} ({type(v).__name__})")
+    try:
+        x = float(v)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x) or (low is not None and (x <= low if low_open else x < low)) or \
+            (high is not None and (x >= high if high_open else x > high)):
+        raise ValueError(f"{name} must be {want}, got {v!r}")
+    return x
+
+
+#: StageConfig's int fields and their ranges ``[low, high]`` (``None``: unbounded)
+_INT_FIELDS = {"resolution": (1, None), "text_dim": (1, None), "timesteps": (1, None), "sample_steps": (1, None),
+               "steps": (0, None), "batch_size": (1, None), "warmup": (0, None), "n_train_images": (1, None),
+               "seed": (0, MAX_SEED - 1)}
+#: StageConfig's real fields and their ranges (:func:`check_real`'s keywords); every one must be finite
+_REAL_FIELDS = {"cond_drop_prob": dict(low=0.0, high=1.0, high_open=True),
+                "aug_max_level": dict(low=0.0, high=1.0), "aug_sample_level": dict(low=0.0, high=1.0),
+                "guidance": dict(low=0.0), "eta": dict(low=0.0, high=1.0), "lr": dict(low=0.0, low_open=True),
+                "ema_decay": dict(low=0.0, high=1.0), "grad_clip": dict(low=0.0, low_open=True),
+                "max_seconds": dict(low=0.0, low_open=True), "two_object_fraction": dict(low=0.0, high=1.0)}
+#: the real fields that may also be ``None`` (no gradient clipping, no time cap)
+_OPTIONAL_FIELDS = ("grad_clip", "max_seconds")
+
 
 @dataclass
 class StageConfig:
@@ -97,12 +174,33 @@ class StageConfig:
     seed: int = 0
 
     def __post_init__(self):
+        """Check every field: type, finiteness and range (a ``ValueError`` naming the field)."""
         if isinstance(self.unet, dict):
             self.unet = UNetConfig(**self.unet)
         if not isinstance(self.unet, UNetConfig):
             raise TypeError(f"StageConfig.unet must be a UNetConfig, got {type(self.unet).__name__}")
         if self.name not in STAGES:
             raise ValueError(f"stage name must be one of {STAGES}, got {self.name!r}")
+        if not isinstance(self.text_encoder, str) or not self.text_encoder:
+            raise ValueError(f"StageConfig.text_encoder must be an encoder's name, got {self.text_encoder!r}")
+        for name, choices in (("schedule", SCHEDULES), ("objective", OBJECTIVES), ("threshold", THRESHOLDS),
+                              ("loss_weighting", (None, "min_snr"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"StageConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name, (low, high) in _INT_FIELDS.items():
+            setattr(self, name, check_int(getattr(self, name), f"StageConfig.{name}", low=low, high=high))
+        if self.sample_steps > self.timesteps:
+            raise ValueError(f"StageConfig.sample_steps must be an int in [1, {self.timesteps}] (at most "
+                             f"timesteps={self.timesteps}), got {self.sample_steps}")
+        for name, rng in _REAL_FIELDS.items():
+            v = getattr(self, name)
+            if v is not None or name not in _OPTIONAL_FIELDS:
+                setattr(self, name, check_real(v, f"StageConfig.{name}", **rng))
+        if self.lowres_resolution is not None:
+            self.lowres_resolution = check_int(self.lowres_resolution, "StageConfig.lowres_resolution", low=1,
+                                               high=self.resolution - 1)
+        if (self.name == "base") != (self.lowres_resolution is None):
+            raise ValueError(f"stage {self.name!r}: only the base stage has no lowres_resolution")
         if self.unet.image_size != self.resolution:
             raise ValueError(f"unet.image_size={self.unet.image_size} must equal resolution={self.resolution}")
         if self.unet.cond_dim != self.text_dim or self.unet.context_dim != self.text_dim:
@@ -111,22 +209,6 @@ class StageConfig:
         if (self.lowres_resolution is None) != (self.unet.lowres_channels is None):
             raise ValueError("a super-resolution stage needs both lowres_resolution and unet.lowres_channels; "
                              "a base stage neither")
-        if self.lowres_resolution is not None and not 0 < self.lowres_resolution < self.resolution:
-            raise ValueError(f"lowres_resolution must be in (0, {self.resolution}), got {self.lowres_resolution}")
-        if (self.name == "base") != (self.lowres_resolution is None):
-            raise ValueError(f"stage {self.name!r}: only the base stage has no lowres_resolution")
-        if not 0.0 <= self.cond_drop_prob < 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
-        if not 0.0 <= self.aug_max_level <= 1.0 or not 0.0 <= self.aug_sample_level <= 1.0:
-            raise ValueError("aug_max_level and aug_sample_level must be in [0, 1]")
-        if self.guidance < 0:
-            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
-        if self.threshold not in THRESHOLDS:
-            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
-        for name in ("steps", "batch_size", "n_train_images", "sample_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "steps" else 1):
-                raise ValueError(f"StageConfig.{name} must be a positive int, got {v!r}")
 
     @property
     def is_sr(self) -> bool:
@@ -139,13 +221,24 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "StageConfig":
+        """The config of :meth:`to_dict` (as read back from a checkpoint's metadata), every field checked.
+
+        A missing or malformed ``unet`` and every nonsense value raise a ``ValueError`` naming the field.
+        """
+        if not isinstance(d, dict) or not isinstance(d.get("unet"), dict):
+            raise ValueError(f"a stage config must be a dict with a 'unet' dict, got {type(d).__name__}"
+                             + (f" with unet={d.get('unet')!r}" if isinstance(d, dict) else ""))
         d = dict(d)
         u = dict(d.pop("unet"))
         for k in ("channel_mults", "attention_resolutions", "cross_attention_resolutions", "num_res_blocks"):
             if isinstance(u.get(k), list):
                 u[k] = tuple(u[k])
         known = {f.name for f in fields(cls)}
-        return cls(unet=UNetConfig(**u), **{k: v for k, v in d.items() if k in known})
+        try:
+            unet = UNetConfig(**u)
+        except TypeError as err:
+            raise ValueError(f"StageConfig.unet: {err}") from err
+        return cls(unet=unet, **{k: v for k, v in d.items() if k in known})
 
     def replace(self, **changes) -> "StageConfig":
         """A copy with some fields changed (``unet`` may be a dict of UNetConfig changes)."""
@@ -267,7 +360,7 @@ class ImagenStage(nn.Module):
     def sample(self, text_emb: torch.Tensor, text_mask: torch.Tensor, *, guidance: float | None = None,
                steps: int | None = None, lowres: torch.Tensor | None = None, aug_level: float | None = None,
                sampler: str = "ddim", eta: float | None = None, threshold: str | None = None, percentile: float = 0.995,
-               generator: torch.Generator | None = None, progress: bool = False,
+               generator: Generators = None, progress: bool = False,
                return_trajectory: bool = False):
         """Generate ``(B, 3, R, R)`` images for the encoded text (and the lowres image, for SR).
 
@@ -275,30 +368,54 @@ class ImagenStage(nn.Module):
         (clip to [-1, 1]), ``"none"`` or ``None`` (``config.threshold``). ``eta``: DDIM's noise
         scale (``None``: ``config.eta``). For an SR stage, ``lowres`` is noised to ``aug_level``
         (default ``config.aug_sample_level``) before use, and the level is given to the network.
+        ``generator``: one ``torch.Generator``, or a sequence of ``B`` (row ``r``'s ``x_T``, step
+        noise and augmentation noise all from generator ``r``: a row's image does not depend on the
+        other rows; :func:`imagen_edu.diffusion.gaussian_noise`). The augmentation noise is drawn
+        first, then the sampler's.
+
+        The numbers are checked before any work (:meth:`check_sampling`).
         """
         cfg = self.config
-        w = cfg.guidance if guidance is None else guidance
-        k = cfg.sample_steps if steps is None else steps
-        threshold = cfg.threshold if threshold is None else threshold
-        eta = cfg.eta if eta is None else eta
-        if threshold not in THRESHOLDS:
-            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
+        w, k, eta, a, threshold = self.check_sampling(guidance=guidance, steps=steps, eta=eta, aug_level=aug_level,
+                                                      threshold=threshold, sampler=sampler)
         b, dev = text_emb.shape[0], self.device
         extra = {}
         if cfg.is_sr:
             if lowres is None:
                 raise ValueError(f"stage {cfg.name!r} needs the lowres image")
-            a = cfg.aug_sample_level if aug_level is None else float(aug_level)
             level = torch.full((b,), a, device=dev)
-            noise = torch.randn(lowres.shape, generator=generator, dtype=lowres.dtype).to(dev)
+            noise = gaussian_noise(lowres.shape, generator, dev, lowres.dtype)
             extra = {"lowres": augment_lowres(lowres.to(dev), level, noise=noise), "lowres_noise_level": level}
         model = GuidedDenoiser(self, text_emb.to(dev), text_mask.to(dev), w, **extra)
         transform = (lambda x0, t: dynamic_threshold(x0, percentile)) if threshold == "dynamic" else None
         return self.diffusion.sample(model, (b, self.config.unet.in_channels, cfg.resolution, cfg.resolution),
-                                     sampler=sampler, steps=min(int(k), cfg.timesteps), eta=eta,
+                                     sampler=sampler, steps=k, eta=eta,
                                      generator=generator, clip_denoised=threshold != "none",
                                      x0_transform=transform, progress=progress, device=dev,
                                      return_trajectory=return_trajectory)
+
+    def check_sampling(self, *, guidance=None, steps=None, eta=None, aug_level=None, threshold=None,
+                       sampler: str = "ddim"):
+        """The sampling settings, checked, with ``None`` replaced by the config's default.
+
+        Returns ``(guidance, steps, eta, aug_level, threshold)``: ``guidance`` a finite float >= 0,
+        ``steps`` an int in ``[1, timesteps]`` (more is refused, not capped), ``eta`` finite in
+        [0, 1], ``aug_level`` finite in [0, 1] (``config.aug_sample_level`` by default; used by an
+        SR stage only), ``threshold`` one of :data:`~imagen_edu.thresholding.THRESHOLDS`. A wrong
+        value raises a ``ValueError`` (a wrong type :class:`NumberTypeError`) naming the argument.
+        """
+        cfg = self.config
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        threshold = cfg.threshold if threshold is None else threshold
+        if threshold not in THRESHOLDS:
+            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
+        w = check_real(cfg.guidance if guidance is None else guidance, "guidance", low=0.0)
+        k = cfg.sample_steps if steps is None else steps
+        k = check_int(k, "steps", low=1, high=cfg.timesteps)
+        eta = check_real(cfg.eta if eta is None else eta, "eta", low=0.0, high=1.0)
+        a = check_real(cfg.aug_sample_level if aug_level is None else aug_level, "aug_level", low=0.0, high=1.0)
+        return w, k, eta, a, threshold
 
 # ---------------------------------------------------------------------------------------------
 # Saving and loading stages
