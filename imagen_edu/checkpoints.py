@@ -7,7 +7,8 @@ same way:
   atomically (a temporary file in the same folder, then ``os.replace``), so a crash or a
   Colab disconnect never leaves half a checkpoint under the real name. Safetensors stores only
   tensors and strings: loading a checkpoint never runs code, unlike ``torch.load`` of a pickle.
-* :func:`load` reads it back and turns a truncated or corrupt file into a clear ``ValueError``.
+* :func:`load` reads it back and turns a file that is not safetensors (a pickle, random bytes,
+  an empty file, a folder) or a truncated or corrupt one into a clear ``ValueError`` naming it.
 * The manifest ``data/checkpoints/manifest.json`` maps a *name* to a shipped file with its
   sha256, the exact command that made it, the seed, the compute profile and the metrics measured
   right after training. :func:`load_shipped` refuses a file whose hash does not match.
@@ -15,7 +16,6 @@ same way:
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import json
@@ -28,6 +28,8 @@ import torch
 from safetensors import safe_open
 
 from . import DATA_DIR, profiles
+from .arguments import ArgumentParser, check_seed, input_file, output_file
+from .errors import run_cli
 
 __all__ = [
     "CheckpointError",
@@ -50,6 +52,8 @@ __all__ = [
 #: key, the same weights and metadata always give the same bytes, hence the same sha256.
 META_KEY = "imagen_edu"
 FORMAT = "imagen_edu.checkpoints/1"
+#: safetensors' own bound on the JSON header (100 MB): a longer one means the file is not safetensors
+MAX_HEADER_BYTES = 100_000_000
 
 
 class CheckpointError(ValueError):
@@ -75,7 +79,9 @@ def _atomic_write_bytes(path: Path, write) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
-        os.replace(tmp, path)
+        with open(tmp, "rb") as f:  # on disk before the rename: a power cut never leaves an empty file
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # the old file stays whole until here
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -120,6 +126,42 @@ def save(path, state_dict: dict, metadata: dict | None = None) -> Path:
     return path
 
 
+def _check_header(path: Path) -> None:
+    """``CheckpointError`` unless ``path`` starts like a safetensors file.
+
+    A safetensors file is an 8-byte little-endian length ``N``, then an ``N``-byte JSON object
+    (the tensors' names, dtypes, shapes and offsets, and the metadata), then the tensor bytes.
+    Checking this first turns a pickle, random bytes or an empty file into one clear message
+    before the safetensors library sees them.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        text = f.read(min(n, MAX_HEADER_BYTES)) if n >= 2 else b""
+    if text[:1] == b"{" and n <= MAX_HEADER_BYTES:  # a safetensors header, whole or cut
+        if n > size - 8:
+            why = f"its header should hold {n} bytes but the file has {size} bytes in all"
+        else:
+            try:
+                if isinstance(json.loads(text.decode("utf-8")), dict):
+                    return
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass
+            why = "its header is not valid JSON"
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({why}); re-create it or restore "
+                              "it from the repository")
+    if size == 0:
+        why = "it is empty"
+    elif head[:1] == b"\x80" or head[:2] == b"PK":
+        why = ("it looks like a pickle or torch.save file, which is never loaded here since unpickling "
+               "can run code")
+    else:
+        why = "it does not start with a safetensors header"
+    raise CheckpointError(f"checkpoint {path} is not a safetensors checkpoint ({why}); give a .safetensors "
+                          "file written by this package")
+
+
 def load(path, device: str = "cpu") -> tuple[dict, dict]:
     """Read a safetensors checkpoint.
 
@@ -129,18 +171,24 @@ def load(path, device: str = "cpu") -> tuple[dict, dict]:
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError (a ValueError): the file is truncated, corrupt or not safetensors.
+        CheckpointError (a ValueError) naming the file: a folder, a file that is not safetensors
+        (a pickle, random bytes, an empty file), or one that is truncated or corrupt.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a safetensors checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    _check_header(path)
     try:
         tensors = {}
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             raw = f.metadata() or {}
             for k in f.keys():
                 tensors[k] = f.get_tensor(k)
-    except Exception as err:  # safetensors raises SafetensorError / OSError on bad files
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as err:  # SafetensorError, OSError, or the Rust side's PanicException (a BaseException)
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a readable safetensors "
                               f"file: {type(err).__name__}: {err}); re-create it or restore it "
                               "from the repository") from None
@@ -262,7 +310,8 @@ def load_shipped(name: str, device: str = "cpu", manifest=None) -> tuple[dict, d
 
 
 def model_cli(argv, *, prog: str, description: str, name: str, filename: str,
-              train_and_measure, load_checkpoint, evaluate_checkpoint, extra_eval_args=None) -> int:
+              train_and_measure, load_checkpoint, evaluate_checkpoint, extra_eval_args=None,
+              check_eval_args=None) -> int:
     """The ``{train,eval}`` command line shared by the models (``python -m imagen_edu.lm``, ``.clip``).
 
     ``train [--profile P] [--seed S] [--out OUT] [--name NAME] [--no-manifest]`` sets the
@@ -275,9 +324,25 @@ def model_cli(argv, *, prog: str, description: str, name: str, filename: str,
     ``load_checkpoint(ckpt, name)`` (``ckpt`` is ``None`` for the shipped checkpoint ``name``),
     then ``evaluate_checkpoint(loaded, args, recorded)`` where ``recorded`` holds the metrics
     the manifest recorded for the shipped checkpoint (``{}`` with ``--ckpt``), and prints the
-    metrics as JSON, with the recorded ``train_seconds`` when there is one. Returns the exit code.
+    metrics as JSON, with the recorded ``train_seconds`` when there is one.
+
+    Every argument is checked before any work (``check_eval_args(args)`` checks the extra eval
+    options): the profile, the seed, that ``--out`` can be written and the manifest read and
+    written (before training, so a mistake never costs a finished run), that ``--ckpt`` is a
+    checkpoint of this model. ``OUT`` is written new and then renamed into place, so an earlier
+    file there stays whole until the new one exists. Runs inside :func:`imagen_edu.errors.run_cli`:
+    returns the exit code (0; 2 with one line on stderr for a user's mistake; 1 for a bug).
     """
-    ap = argparse.ArgumentParser(prog=prog, description=description)
+    return run_cli(lambda: _model_cli(argv, prog=prog, description=description, name=name, filename=filename,
+                                      train_and_measure=train_and_measure, load_checkpoint=load_checkpoint,
+                                      evaluate_checkpoint=evaluate_checkpoint, extra_eval_args=extra_eval_args,
+                                      check_eval_args=check_eval_args), prog=prog)
+
+
+def _model_cli(argv, *, prog, description, name, filename, train_and_measure, load_checkpoint,
+               evaluate_checkpoint, extra_eval_args, check_eval_args) -> int:
+    """:func:`model_cli` without its error handling: raises on a user's mistake."""
+    ap = ArgumentParser(prog=prog, description=description)
     sub = ap.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train, save a checkpoint and record it in the manifest")
     tr.add_argument("--profile", default=None, help=f"compute profile, one of {profiles.names()}")
@@ -291,12 +356,21 @@ def model_cli(argv, *, prog: str, description: str, name: str, filename: str,
     if extra_eval_args is not None:
         extra_eval_args(ev)
     args = ap.parse_args(argv)
+    if not args.name.strip():
+        raise ValueError(f"--name must be a non-empty manifest entry name, got {args.name!r}")
 
     if args.cmd == "train":
+        try:
+            prof = profiles.get(args.profile) if args.profile else profiles.current()
+        except ValueError as err:
+            raise ValueError(f"--profile: {err}") from None
+        check_seed(args.seed, "--seed")
+        out = output_file(args.out, "--out")
+        if not args.no_manifest:  # a manifest that cannot be read or written is found now, not after training
+            read_manifest()
+            output_file(manifest_path(), "the manifest (or pass --no-manifest)")
         if args.profile:
-            os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
-        prof = profiles.current()
-        out = Path(args.out)
+            os.environ[profiles.ENV_VAR] = prof.name
         metrics = train_and_measure(prof, args.seed, out)
         if not args.no_manifest:
             cmd = f"{prog} train --profile {prof.name} --seed {args.seed} --out {args.out}"
@@ -304,8 +378,22 @@ def model_cli(argv, *, prog: str, description: str, name: str, filename: str,
         print(json.dumps({"file": str(out), "sha256": sha256(out), **metrics}, indent=2))
         return 0
 
-    loaded = load_checkpoint(args.ckpt, args.name)
-    recorded = {} if args.ckpt else entry(args.name).get("metrics", {})
+    if check_eval_args is not None:
+        check_eval_args(args)
+    if args.ckpt is not None:
+        input_file(args.ckpt, "--ckpt")
+        try:
+            loaded = load_checkpoint(args.ckpt, args.name)
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:  # RuntimeError: tensors that do not fit
+            text = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise ValueError(f"--ckpt {args.ckpt}: {text}") from None
+        recorded = {}
+    else:
+        try:
+            recorded = entry(args.name).get("metrics", {})
+        except CheckpointError as err:  # an unknown name: the message lists the known ones
+            raise CheckpointError(f"--name: {err}") from None
+        loaded = load_checkpoint(None, args.name)
     metrics = evaluate_checkpoint(loaded, args, recorded)
     if "train_seconds" in recorded:
         metrics["train_seconds"] = recorded["train_seconds"]

@@ -33,6 +33,7 @@ from einops import rearrange
 from torch import nn
 
 from . import checkpoints, profiles
+from .arguments import check_count, check_seed
 from .attention import LearnedPositions, Transformer
 from .data.captions import caption_corpus, parse_caption
 from .profiles import torch_threads
@@ -473,7 +474,9 @@ def evaluate(model: nn.Module, tok: WordTokenizer, n_samples: int = 200, seed: i
 
 
 def main(argv=None) -> int:
-    """``python -m imagen_edu.lm {train,eval}``; see the module docstring."""
+    """``python -m imagen_edu.lm {train,eval}``; see the module docstring. Returns the exit status
+    (2 with one line on stderr for a bad argument, checked before any work; see
+    :func:`imagen_edu.checkpoints.model_cli`)."""
     def train_and_measure(prof, seed, out):
         res = train_lm(prof.lm, seed=seed, progress=sys.stderr.isatty())
         model = res.model.to("cpu").eval()
@@ -490,12 +493,16 @@ def main(argv=None) -> int:
         ev.add_argument("--n", type=int, default=200, help="samples for the grammar rate")
         ev.add_argument("--seed", type=int, default=0, help="sampling seed")
 
+    def check_eval_args(args):
+        check_count(args.n, "--n")
+        check_seed(args.seed, "--seed")
+
     return checkpoints.model_cli(
         argv, prog="python -m imagen_edu.lm", name=SHIPPED_NAME, filename="lm.safetensors",
         description="Train or evaluate the chapter-2 caption language model.",
         train_and_measure=train_and_measure, load_checkpoint=load_checkpoint,
         evaluate_checkpoint=lambda m, args, recorded: evaluate(*m, n_samples=args.n, seed=args.seed),
-        extra_eval_args=extra_eval_args)
+        extra_eval_args=extra_eval_args, check_eval_args=check_eval_args)
 
 
 if __name__ == "__main__":
