@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
+import math
 import os
 import platform
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import fields
@@ -48,12 +51,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import configs, profiles, text_encoders
+from . import checkpoints, configs, profiles, text_encoders
 from .bench import bench_stage
 from .cascade import ImagenCascade, check_positive_int
 from .embcache import EmbeddingCache, build_cache, read_captions
 from .evaluate import eval_captions, evaluate_cascade
-from .stage_training import train_command, train_stage
+from .errors import UsageError, run_cli
+from .outputs import FolderLock, atomic_write, atomic_write_text, check_output_dir, check_output_file
+from .stage_training import check_stage_folder, train_command, train_stage
 from .train import dist_info, resolve_amp
 from .unet import UNetConfig
 
@@ -71,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--profile", default=None, help="compute profile: ci, cpu or gpu (default: the current one)")
     t.add_argument("--out", required=True, help="output folder (checkpoints and manifest.json)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/imagen_STAGE.resume.safetensors")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh although OUT holds a run of this stage (its files stay until the new run "
+                        "writes its own)")
     t.add_argument("--seed", type=int, default=None, help="seed (default: the recipe's)")
     t.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -102,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256, help="images generated at once")
     s.add_argument("--threshold", default=None, choices=["dynamic", "static", "none"],
                    help="x0 thresholding (default: each stage's own)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the images in OUT although they were sampled with other settings (the old "
+                        "files stay until the new ones are all written)")
 
     e = sub.add_parser("eval", help="judge accuracies on test and heldout captions (JSON)")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (the toy models are often fastest with 1)")
@@ -114,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", default=None, choices=["dynamic", "static", "none"],
                    help="x0 thresholding (default: each stage's own)")
     e.add_argument("--out", default=None, help="also write the JSON to this file")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     b = sub.add_parser("bench", help="training images/s per stage and sampling seconds per image (JSON)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (the toy models are often fastest with 1)")
@@ -147,19 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def save_png(image, path) -> Path:
-    """Write one image ``(3, H, W)`` in [-1, 1] as an 8-bit RGB PNG."""
+    """Write one image ``(3, H, W)`` in [-1, 1] as an 8-bit RGB PNG (atomically: a reader never sees half a file)."""
     arr = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    path = Path(path)
-    Image.fromarray(arr, mode="RGB").save(path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(arr, mode="RGB").save(tmp, format="PNG"))
 
 
 def read_prompts(path) -> list[str]:
     """The prompts of a file, one per line (a trailing newline is fine; an empty line is an error)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--prompts-file {path} is a folder: give a text file with one prompt per line")
     if not path.is_file():
-        raise ValueError(f"prompts file {path} does not exist")
-    lines = path.read_text().splitlines()
+        raise ValueError(f"--prompts-file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"--prompts-file {path} is not UTF-8 text: give a text file with one prompt per line") from None
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -172,6 +187,36 @@ def read_prompts(path) -> list[str]:
 
 def _cascade(args):
     return ImagenCascade.from_dir(args.checkpoint_dir)
+
+
+#: the largest seed a torch.Generator takes
+MAX_SEED = 2 ** 63 - 1
+
+
+def check_number(value, name: str, *, minimum: float | None = None, maximum: float | None = None):
+    """``value`` if it is a finite real in ``[minimum, maximum]`` (``None`` passes), else ``ValueError`` naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        lo = "-inf" if minimum is None else minimum
+        hi = "inf" if maximum is None else maximum
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _check_common(args) -> None:
+    """The arguments every sampling command shares, checked before anything is loaded."""
+    if getattr(args, "seed", None) is not None:
+        check_number(args.seed, "--seed", minimum=0, maximum=MAX_SEED)
+    check_number(getattr(args, "guidance", None), "--guidance", minimum=0)
+    if getattr(args, "steps", None) is not None:
+        check_positive_int(args.steps, "--steps")
+    if getattr(args, "batch_size", None) is not None:
+        check_positive_int(args.batch_size, "--batch-size")
+    if getattr(args, "n", None) is not None:
+        check_positive_int(args.n, "--n")
 
 
 def parse_overrides(items) -> dict:
@@ -286,9 +331,9 @@ def _train(args) -> int:
     cfg = configs.stage_config(args.stage, prof)
     changes = {}
     if args.seed is not None:
-        changes["seed"] = args.seed
+        changes["seed"] = check_number(args.seed, "--seed", minimum=0, maximum=MAX_SEED)
     if args.steps is not None:
-        changes["steps"] = args.steps
+        changes["steps"] = check_positive_int(args.steps, "--steps")
     if changes:
         cfg = cfg.replace(**changes)
     encoder = cache = None
@@ -299,7 +344,10 @@ def _train(args) -> int:
         D = cache.dim if cache is not None else text_encoders.get(args.text_encoder).dim
         cfg = cfg.replace(text_encoder=args.text_encoder, text_dim=D, unet={"cond_dim": D, "context_dim": D})
     cfg = apply_overrides(cfg, parse_overrides(args.overrides))
-    # checks that need no step: world size, text cache, data (train_stage checks the resume file)
+    # the output folder before anything is loaded or rendered: writable, and what it holds of this
+    # stage fits --resume / --overwrite (train_stage checks again once it holds the folder's lock)
+    check_stage_folder(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    # checks that need no step: world size, text cache, data
     ws = dist_info().world_size
     if ws > 1:
         if cfg.batch_size % ws:
@@ -339,7 +387,7 @@ def _train(args) -> int:
     if args.amp != "auto":
         cmd += f" --amp {args.amp}"
     res = train_stage(cfg, encoder, out_dir=args.out, resume=args.resume, device=args.device or prof.device,
-                      command=cmd, profile=prof.name, amp=args.amp, **kw)
+                      command=cmd, profile=prof.name, amp=args.amp, overwrite=args.overwrite, **kw)
     print(json.dumps({"stage": args.stage, "profile": prof.name, "steps": res["steps"], "data": args.data,
                       "seconds": round(res["seconds"], 1), "images_per_s": round(res["images_per_s"], 1),
                       "final_loss": round(sum(res["losses"][-50:]) / max(1, len(res["losses"][-50:])), 5)
@@ -347,37 +395,89 @@ def _train(args) -> int:
     return 0
 
 
+SAMPLE_RECORD = "sample.json"
+
+
+def _sample_settings(args, cascade, prompts) -> dict:
+    """What fixes the images of ``sample`` (not the batch size: a speed setting), kept in ``OUT/sample.json``."""
+    d = Path(args.checkpoint_dir) if args.checkpoint_dir is not None else checkpoints.checkpoint_dir()
+    weights = {}
+    for st in cascade.stages:
+        f = d / f"imagen_{st.config.name}.safetensors"
+        if f.is_file():
+            weights[st.config.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return {"weights": weights,
+            "seed": args.seed, "guidance": args.guidance, "steps": args.steps, "threshold": args.threshold,
+            "resolution": cascade.resolution, "prompts": dict(enumerate(prompts))}
+
+
+def _compatible(old: dict, new: dict) -> list[str]:
+    """The settings in which an earlier ``sample`` into the same folder differs (prompts per line)."""
+    diff = [k for k in new if k != "prompts" and old.get(k) != new[k]]
+    old_prompts = {int(k): v for k, v in (old.get("prompts") or {}).items()}
+    diff += [f"prompt of line {i}" for i, p in new["prompts"].items() if i in old_prompts and old_prompts[i] != p]
+    return diff
+
+
 def _sample(args) -> int:
-    check_positive_int(args.n, "--n")
-    if args.guidance is not None and args.guidance < 0:
-        raise ValueError(f"--guidance must be >= 0, got {args.guidance}")
-    if args.steps is not None:
-        check_positive_int(args.steps, "--steps")
-    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
+    _check_common(args)
     if args.prompt is not None and not args.prompt.strip():
-        raise ValueError("empty prompt: describe the image, e.g. --prompt 'a red circle left of a blue square'")
+        raise ValueError("empty prompt (--prompt): describe the image, e.g. --prompt 'a red circle left of a blue square'")
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
+    out = check_output_dir(args.out, "--out")
     cascade = _cascade(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    images = cascade.sample(prompts, n=args.n, guidance=args.guidance, steps=args.steps, seed=args.seed,
-                            batch_size=args.batch_size, threshold=args.threshold)
-    written = []
-    for i, img in enumerate(images):
-        line, k = divmod(i, args.n)
-        written.append(str(save_png(img, out / f"{line}_{k}.png")))
-    print(json.dumps({"written": len(written), "out": str(out), "resolution": cascade.resolution}))
+    with FolderLock(out, "sample", what="sampled images"):
+        settings = _sample_settings(args, cascade, prompts)
+        record = out / SAMPLE_RECORD
+        target = out
+        if record.is_file():
+            try:
+                old = json.loads(record.read_text())
+            except (OSError, ValueError):
+                old = {}
+            diff = _compatible(old, json.loads(json.dumps(settings)))
+            if diff and not args.overwrite:
+                raise UsageError(f"{out} holds images sampled with other settings ({', '.join(diff)}): pass "
+                                 "--overwrite to replace them, or choose another --out")
+            if diff:  # write the new images beside the old ones, then move them in: nothing lost on a crash
+                target = Path(tempfile.mkdtemp(prefix=".sample-new.", dir=out))
+        elif args.overwrite is False and any(out.glob("*_*.png")):
+            raise UsageError(f"{out} holds PNG files that no 'sample' run recorded ({SAMPLE_RECORD} is missing): pass "
+                             "--overwrite to replace them, or choose another --out")
+        if target == out:
+            atomic_write_text(record, json.dumps(settings, indent=1) + "\n")
+        name = lambda line, k: f"{line}_{k}.png"  # noqa: E731
+        skip = (lambda line, k: (out / name(line, k)).is_file()) if target == out else None
+        written = 0
+        for keys, images in cascade.sample_batches(prompts, n=args.n, guidance=args.guidance, steps=args.steps,
+                                                   seed=args.seed, batch_size=args.batch_size,
+                                                   threshold=args.threshold, skip=skip):
+            for (line, k), img in zip(keys, images):  # each batch is on disk before the next starts
+                save_png(img, target / name(line, k))
+                written += 1
+        if target != out:
+            for f in sorted(target.glob("*.png")):
+                os.replace(f, out / f.name)
+            atomic_write_text(record, json.dumps(settings, indent=1) + "\n")
+            target.rmdir()
+    total = len(prompts) * args.n
+    print(json.dumps({"written": written, "skipped": total - written, "out": str(out),
+                      "resolution": cascade.resolution}))
     return 0
 
 
 def _eval(args) -> int:
+    _check_common(args)
+    if args.out:
+        check_output_file(args.out, "--out", overwrite=args.overwrite)
     cascade = _cascade(args)
     res = evaluate_cascade(cascade, n=args.n, guidance=args.guidance, steps=args.steps, seed=args.seed,
                            batch_size=args.batch_size, threshold=args.threshold)
     res.update({"guidance": args.guidance, "steps": args.steps, "seed": args.seed,
                 "checkpoint_dir": str(args.checkpoint_dir or "shipped")})
-    text = json.dumps(res, indent=1)
+    text = json.dumps(res, indent=1, allow_nan=False)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")
     print(text)
     return 0
 
@@ -434,7 +534,10 @@ def _configs(args) -> int:
 
 
 def _embed(args) -> int:
+    check_positive_int(args.batch_size, "--batch-size")
     captions = read_captions(args.captions)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is an existing file, not a folder: choose a folder for the cache")
     encoder = text_encoders.get(args.encoder, device=args.device)
     t0 = time.perf_counter()
     cache = build_cache(encoder, captions, args.out, batch_size=args.batch_size, dtype=args.dtype,
@@ -449,20 +552,20 @@ def _embed(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of ``python -m imagen_edu`` (and the ``imagen-edu`` script). Returns the exit status."""
+    """Entry point of ``python -m imagen_edu`` (and the ``imagen-edu`` script). Returns the exit status.
+
+    A user's mistake prints one line and returns 2 before any work; a bug prints one line saying
+    where to report it and returns 1 (:func:`imagen_edu.errors.run_cli`).
+    """
     args = build_parser().parse_args(argv)
-    threads = getattr(args, "threads", None)
-    if threads is not None:
-        if threads < 1:
-            print(f"error: --threads must be >= 1, got {threads}", file=sys.stderr)
-            return 2
-    try:
+
+    def run() -> int:
+        profiles.current()  # a bad IMAGEN_EDU_PROFILE is an error for every command, not only train
+        threads = getattr(args, "threads", None)
+        if threads is not None:
+            check_positive_int(threads, "--threads")
         with profiles.torch_threads(threads):
             return {"train": _train, "sample": _sample, "eval": _eval, "bench": _bench, "configs": _configs,
                     "embed": _embed}[args.command](args)
-    except (ValueError, FileNotFoundError) as err:  # FileNotFoundError includes MissingCheckpointError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyError as err:  # e.g. a caption missing from an embedding cache
-        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
+
+    return run_cli(run, prog="python -m imagen_edu")

@@ -10,7 +10,10 @@ uninterrupted one would (:func:`check_resume` refuses a resume file of another c
 
 Files: ``OUT/imagen_STAGE.safetensors`` (:func:`stage_file`, the EMA weights that ship),
 ``OUT/imagen_STAGE.resume.safetensors`` and an ``imagen_STAGE`` entry in ``OUT/manifest.json``,
-written under a lock (:class:`manifest_lock`) because stages train side by side.
+written under a lock (:class:`manifest_lock`) because stages train side by side. One trainer at
+a time may train one stage into one folder (:class:`~imagen_edu.outputs.FolderLock`), and a
+folder that holds a run of the stage is continued (``resume``) or replaced (``overwrite``) only
+when asked; a replaced run's files stay until the new run's own replace them.
 
 Derived in chapter 5 (``book/05_imagen_cascade.ipynb``); the trainer in chapter 6.
 """
@@ -27,6 +30,8 @@ from tqdm.auto import tqdm
 from . import checkpoints, text_encoders
 from .data.shapes import ShapesDataset
 from .embcache import TextCache
+from .errors import UsageError
+from .outputs import FolderLock, check_output_dir
 from .stage import ImagenStage, StageConfig, save_stage
 from .train import TrainConfig, Trainer
 
@@ -36,7 +41,7 @@ except ImportError:  # pragma: no cover - Windows: no lock
     fcntl = None
 
 __all__ = ["stage_file", "train_command", "manifest_lock", "StageLoss", "stage_batches",
-           "check_resume", "train_stage", "RESUME_FREE"]
+           "check_resume", "check_stage_folder", "train_stage", "RESUME_FREE"]
 
 
 def stage_file(out_dir, stage: str) -> Path:
@@ -201,7 +206,8 @@ def _model_info(cfg: StageConfig) -> dict:
 
 def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool = False,
                 progress: bool = True, device=None, save_every: int = 200, command: str | None = None,
-                profile: str | None = None, log_every: int = 10, pool=None, amp: str = "auto") -> dict:
+                profile: str | None = None, log_every: int = 10, pool=None, amp: str = "auto",
+                overwrite: bool = False) -> dict:
     """Train one stage of the cascade from scratch (or resume it) with :class:`imagen_edu.train.Trainer`.
 
     Renders a pool of ``config.n_train_images`` training scenes (at the stage's resolution, and
@@ -227,17 +233,50 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
     """
     cfg = config
     device = torch.device(device or "cpu")
+    if out_dir is not None:  # the folder first: a mistake there costs no encoder load and no step
+        check_stage_folder(cfg, out_dir, resume=resume, overwrite=overwrite)
+    elif resume:
+        raise FileNotFoundError(f"cannot resume stage {cfg.name!r}: no resume file (no out_dir given)")
     if encoder is None:
         encoder = text_encoders.get(cfg.text_encoder)
     if encoder.dim != cfg.text_dim:
         raise ValueError(f"the text encoder gives {encoder.dim}-d embeddings but the stage expects "
                          f"text_dim={cfg.text_dim}")
-    rfile = _resume_file(out_dir, cfg.name) if out_dir is not None else None
-    if resume:
-        check_resume(cfg, out_dir)
-    if not resume and rfile is not None and rfile.is_file():
-        rfile.unlink()  # a fresh run in this folder replaces the previous one (the CLI's documented behaviour)
+    if out_dir is None:
+        return _train_stage(cfg, encoder, None, resume, progress, device, save_every, command, profile,
+                            log_every, pool, amp, overwrite)
+    with FolderLock(out_dir, f"imagen_{cfg.name}", what=f"stage {cfg.name!r}"):
+        check_stage_folder(cfg, out_dir, resume=resume, overwrite=overwrite)  # again, now that we hold the lock
+        return _train_stage(cfg, encoder, Path(out_dir), resume, progress, device, save_every, command, profile,
+                            log_every, pool, amp, overwrite)
 
+
+def check_stage_folder(cfg: StageConfig, out_dir, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Before any work: ``out_dir`` can be written, and what it holds of stage ``cfg.name`` fits the request.
+
+    ``resume``: it must hold a resume file of this config (:func:`check_resume`). Neither
+    ``resume`` nor ``overwrite``: it must hold no run of this stage (no resume file, no weights),
+    since starting afresh there would replace a finished result. ``overwrite``: anything goes
+    (the old files stay until the new run writes its own). Raises ``ValueError``
+    (:class:`~imagen_edu.errors.UsageError`) or ``FileNotFoundError``; returns the folder.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    folder = check_output_dir(out_dir, "--out")
+    if resume:
+        check_resume(cfg, folder)
+    elif not overwrite:
+        found = [f.name for f in (_resume_file(folder, cfg.name), stage_file(folder, cfg.name)) if f.is_file()]
+        if found:
+            raise UsageError(f"{folder} already holds a run of stage {cfg.name!r} ({', '.join(found)}): pass "
+                             "--resume to continue it, --overwrite to start afresh (its files stay until the new "
+                             "run writes its own), or choose another --out")
+    return folder
+
+
+def _train_stage(cfg, encoder, out_dir, resume, progress, device, save_every, command, profile, log_every, pool,
+                 amp, overwrite) -> dict:
+    rfile = _resume_file(out_dir, cfg.name) if out_dir is not None else None
     lows, highs, caps = _training_pool(cfg, progress) if pool is None else _check_pool(cfg, pool)
     cache = TextCache(encoder, caps)
     cap_ids = cache.ids(caps)
@@ -251,7 +290,7 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
                        log_every=max(1, int(log_every)), max_seconds=cfg.max_seconds)
     trainer = Trainer(module, lambda m, batch: m(batch), stage_batches(cfg, highs, cap_ids, lows), tcfg,
                       resume=resume, device=device, progress=progress, model_info=_model_info(cfg),
-                      allow_changes=RESUME_FREE,
+                      allow_changes=RESUME_FREE, overwrite=overwrite and not resume,
                       **({} if rfile is None else {"checkpoint_name": rfile.name}))
     start_step = trainer.step
     t0 = time.perf_counter()

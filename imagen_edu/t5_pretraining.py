@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .data.text_corpus import CORPORA, text_corpus
+from .data.text_corpus import CORPORA, SEPARATOR, text_corpus
 from .t5 import IGNORE_INDEX, T5, T5Config, load_t5, save_t5, span_corruption
 from .profiles import torch_threads
 from .tokenizer import WordTokenizer
@@ -38,6 +38,10 @@ class PretrainConfig:
         noise_density, mean_span_length: span corruption's (T5: 0.15 and 3; short captions want
             a higher density so that most documents lose a word or two).
         n_sentinels: sentinel tokens in the vocabulary (at least the most spans plus one).
+        prefix_fraction: share of the documents (with more than one sentence) given as a prefix
+            language-modelling example instead (Raffel et al. 2020, Section 3.3.1, split at the
+            first sentence): the encoder reads the first sentence alone, as it will read a
+            caption, and the decoder writes the rest of the document.
         steps, batch_size, lr, warmup_steps: the trainer's budget (AdamW, warm-up + cosine).
         seed: the model's initialisation and the corruption's random spans.
         max_seconds: stop early after this much wall time (``None``: no limit).
@@ -49,6 +53,7 @@ class PretrainConfig:
     noise_density: float = 0.25
     mean_span_length: float = 1.5
     n_sentinels: int = 8
+    prefix_fraction: float = 0.0
     steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
@@ -66,6 +71,8 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.noise_density must be in (0, 1), got {self.noise_density!r}")
         if not float(self.mean_span_length) >= 1.0:
             raise ValueError(f"PretrainConfig.mean_span_length must be >= 1, got {self.mean_span_length!r}")
+        if not 0.0 <= float(self.prefix_fraction) <= 1.0:
+            raise ValueError(f"PretrainConfig.prefix_fraction must be in [0, 1], got {self.prefix_fraction!r}")
         if not isinstance(self.n_sentinels, int) or self.n_sentinels < 2:
             raise ValueError(f"PretrainConfig.n_sentinels must be an int >= 2, got {self.n_sentinels!r}")
 
@@ -98,9 +105,18 @@ def span_batch(docs, tok: WordTokenizer, cfg: PretrainConfig, generator: torch.G
     """
     sentinels = [tok.stoi[w] for w in sentinel_words(cfg.n_sentinels)]
     picks = torch.randint(len(docs), (cfg.batch_size,), generator=generator).tolist()
-    pairs = [span_corruption(tok.encode(docs[i], add_bos=False, add_eos=False), sentinels,
-                             noise_density=cfg.noise_density, mean_span_length=cfg.mean_span_length,
-                             eos_id=tok.eos_id, generator=generator) for i in picks]
+    prefix = (torch.rand(cfg.batch_size, generator=generator) < cfg.prefix_fraction).tolist() \
+        if cfg.prefix_fraction > 0 else [False] * cfg.batch_size
+    sep = f" {SEPARATOR} "
+    pairs = []
+    for i, as_prefix in zip(picks, prefix):
+        if as_prefix and sep in docs[i]:   # prefix LM: the first sentence in, the rest of the document out
+            head, rest = docs[i].split(sep, 1)
+            pairs.append((tok.encode(head, add_bos=False, add_eos=True), tok.encode(rest, add_bos=False, add_eos=True)))
+            continue
+        pairs.append(span_corruption(tok.encode(docs[i], add_bos=False, add_eos=False), sentinels,
+                                     noise_density=cfg.noise_density, mean_span_length=cfg.mean_span_length,
+                                     eos_id=tok.eos_id, generator=generator))
     t_in, t_out = max(len(p[0]) for p in pairs), max(len(p[1]) for p in pairs)
     ids = torch.full((len(pairs), t_in), tok.pad_id, dtype=torch.long)
     labels = torch.full((len(pairs), t_out), IGNORE_INDEX, dtype=torch.long)

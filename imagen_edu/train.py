@@ -347,7 +347,10 @@ class Trainer:
         config: a :class:`TrainConfig`.
         resume: continue from ``config.out_dir/checkpoint.safetensors`` if it exists (step 0
             otherwise). Without it, an existing checkpoint there is an error (never overwritten
-            silently).
+            silently) unless ``overwrite``.
+        overwrite: start afresh although ``config.out_dir`` holds a checkpoint of an earlier run;
+            that file stays until this run's first checkpoint replaces it (atomically), so a
+            crash before then loses nothing.
         device: default ``cuda:LOCAL_RANK`` when CUDA is present, else the CPU.
         progress: show a tqdm progress bar (rank 0 only).
         model_info: JSON-able facts about the model (e.g. its config and cascade stage), saved
@@ -379,7 +382,7 @@ class Trainer:
                  resume: bool = False, device=None, progress: bool = True, model_info: dict | None = None,
                  ddp_kwargs: dict | None = None, allow_changes=(), checkpoint_name: str = CHECKPOINT_NAME,
                  decay_vectors: bool = False, after_update: Callable[[nn.Module], None] | None = None,
-                 generator: torch.Generator | None = None, desc: str = "training"):
+                 generator: torch.Generator | None = None, desc: str = "training", overwrite: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn) or not callable(batch_fn):
@@ -425,10 +428,13 @@ class Trainer:
         if resume and config.out_dir is None:
             raise ValueError("resume=True needs TrainConfig.out_dir (the folder holding the checkpoint)")
         ckpt = None
-        if config.out_dir is not None and self.checkpoint_path.exists():
+        if resume and overwrite:
+            raise ValueError("resume=True continues the run in out_dir and overwrite=True replaces it: pass one")
+        if config.out_dir is not None and self.checkpoint_path.exists() and not overwrite:
             if not resume:
                 raise ValueError(f"{self.checkpoint_path} already exists: pass resume=True to continue that run, "
-                                 "or choose another out_dir (or delete the folder) to start afresh")
+                                 "overwrite=True to start afresh (the old file stays until the new run's first "
+                                 "checkpoint replaces it), or choose another out_dir")
             ckpt = self._read_checkpoint(model)
 
         # --- device, mixed precision, process group
