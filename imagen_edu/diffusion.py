@@ -33,6 +33,11 @@ wrapper (classifier-free guidance) is just another callable with that signature.
 predicted ``x0`` passes through an optional ``x0_transform(x0, t)`` (dynamic thresholding)
 before the optional static clip to [-1, 1] (:func:`imagen_edu.thresholding.static_threshold`).
 
+**Generators.** Wherever a function takes a ``generator``, it takes one ``torch.Generator`` (the
+whole batch in one draw) or a sequence of them, one per row: row ``r`` is then drawn from
+generator ``r`` alone (:func:`gaussian_noise`), so that a seeded image does not depend on the
+other images of its batch (chapter 5's cascade gives each image its own generators).
+
 **Devices.** The schedule tables are float64 on the CPU; each device gets its own cached copy
 (float32 on MPS), so the loss and the samplers index them where the data live and never wait
 for the device inside a step.
