@@ -29,10 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoints, text_encoders
-from .stage import MAX_SEED, STAGES, ImagenStage, MissingCheckpointError, check_int, load_stage
+from .arguments import check_count, check_seed
+from .stage import STAGES, ImagenStage, MissingCheckpointError, check_int, load_stage
 from .stage_training import stage_file, train_command
 
-__all__ = ["ImagenCascade", "check_prompts", "check_positive_int", "check_seed", "image_seed", "stage_seed"]
+__all__ = ["ImagenCascade", "check_prompts", "check_positive_int", "image_seed", "stage_seed"]
 
 
 def check_prompts(prompts) -> list[str]:
@@ -52,13 +53,9 @@ def check_prompts(prompts) -> list[str]:
 
 
 def check_positive_int(v, name: str) -> int:
-    """``v`` if it is an int >= 1 (not a bool, not a float), else ``ValueError`` naming ``name``."""
-    return check_int(v, name, low=1)
-
-
-def check_seed(seed, name: str = "seed") -> int:
-    """``seed`` if it is an int (not a bool, not a float: ``1.7`` is a ``TypeError``) in ``[0, 2**63)``."""
-    return check_int(seed, name, low=0, high=MAX_SEED - 1)
+    """``v`` if it is an int >= 1 (not a bool, not a float), else an error naming ``name``
+    (:func:`imagen_edu.arguments.check_count`)."""
+    return check_count(v, name, minimum=1)
 
 
 def _hash_to_seed(text: str) -> int:
@@ -74,7 +71,7 @@ def image_seed(seed: int, line: int, k: int) -> int:
     (no ``hash()``), and different for every ``(seed, line, k)`` up to hash collisions. ``seed``
     is in ``[0, 2**63)``, ``line`` and ``k`` are ints >= 0.
     """
-    seed = check_seed(seed)
+    seed = check_seed(seed, "seed")
     line, k = check_int(line, "line", low=0), check_int(k, "k", low=0)
     return _hash_to_seed(f"imagen_edu image {seed} {line} {k}")
 
@@ -228,7 +225,7 @@ class ImagenCascade:
         prompts = check_prompts(prompts)
         n = check_positive_int(n, "n")
         batch_size = check_positive_int(batch_size, "batch_size")
-        seed = check_seed(seed)
+        seed = check_seed(seed, "seed")
         if skip is not None and not callable(skip):
             raise TypeError(f"skip must be None or a function skip(line, k) -> bool, got {type(skip).__name__}")
         ws = self._per_stage(guidance, "guidance", default=[s.config.guidance for s in self.stages], base_only=True)

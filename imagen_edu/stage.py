@@ -29,6 +29,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from . import checkpoints
+from .arguments import MAX_SEED
 from .diffusion import OBJECTIVES, SAMPLERS, SCHEDULES, GaussianDiffusion, Generators, gaussian_noise
 from .guidance import GuidedDenoiser, masked_mean
 from .noise_augmentation import augment_lowres
@@ -41,8 +42,6 @@ __all__ = ["STAGES", "MAX_SEED", "NumberTypeError", "check_int", "check_real", "
 #: the stage names of a cascade, in order: a base model and up to two super-resolution stages
 STAGES: tuple[str, ...] = ("base", "sr1", "sr2")
 
-#: seeds lie in ``[0, MAX_SEED)``: what ``torch.Generator.manual_seed`` takes without wrapping
-MAX_SEED = 2 ** 63
 
 
 # ---------------------------------------------------------------------------------------------
