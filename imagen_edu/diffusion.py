@@ -65,6 +65,7 @@ __all__ = [
     "normal_kl",
     "Generators",
     "gaussian_noise",
+    "random_uniform",
     "random_timesteps",
     "GaussianDiffusion",
 ]
@@ -231,6 +232,17 @@ def gaussian_noise(shape, generator: Generators = None, device=None, dtype=torch
     else:
         z = torch.empty(shape, dtype=dtype, device=at)
     return _to_device(z, at if device is None else device)
+
+
+def random_uniform(batch: int, generator: Generators = None) -> torch.Tensor:
+    """``(B,)`` float32 values uniform in ``[0, 1)``, drawn on the generator's device.
+
+    With a sequence of ``B`` generators, row ``r``'s value comes from generator ``r``.
+    """
+    gens, at = _generators(generator, batch)
+    if gens is None:
+        return torch.rand(batch, generator=generator, device=at)
+    return torch.cat([torch.rand(1, generator=g, device=at) for g in gens] + [torch.empty(0, device=at)])
 
 
 def random_timesteps(timesteps: int, batch: int, generator: Generators = None) -> torch.Tensor:

@@ -30,7 +30,8 @@ from torch import nn
 
 from . import checkpoints
 from .arguments import MAX_SEED
-from .diffusion import OBJECTIVES, SAMPLERS, SCHEDULES, GaussianDiffusion, Generators, gaussian_noise
+from .diffusion import (OBJECTIVES, SAMPLERS, SCHEDULES, GaussianDiffusion, Generators, gaussian_noise,
+                        random_uniform)
 from .guidance import GuidedDenoiser, masked_mean
 from .noise_augmentation import augment_lowres
 from .thresholding import THRESHOLDS, dynamic_threshold
@@ -327,7 +328,7 @@ class ImagenStage(nn.Module):
         return self.unet(x, t, cond=pooled, context=context, context_mask=mask, **kw)
 
     def training_loss(self, x0: torch.Tensor, text_emb: torch.Tensor, text_mask: torch.Tensor, *,
-                      lowres: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                      lowres: torch.Tensor | None = None, generator: Generators = None,
                       drop: torch.Tensor | None = None, aug_level: torch.Tensor | None = None,
                       t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                       aug_noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -335,21 +336,22 @@ class ImagenStage(nn.Module):
 
         ``drop`` (default: Bernoulli(``cond_drop_prob``)), ``aug_level`` (default: uniform in
         ``[0, aug_max_level]``), the time steps ``t``, the ``noise`` and the augmentation noise
-        ``aug_noise`` are drawn from ``generator`` unless given (the trainer draws them itself).
+        ``aug_noise`` are drawn from ``generator`` unless given (the trainer draws them itself);
+        ``generator`` may be one per row (:mod:`imagen_edu.diffusion`, "Generators").
         """
         b, dev = x0.shape[0], x0.device
         cfg = self.config
         if drop is None:
-            drop = (torch.rand(b, generator=generator) < cfg.cond_drop_prob).to(dev)
+            drop = (random_uniform(b, generator) < cfg.cond_drop_prob).to(dev)
         kw = {"text_emb": text_emb, "text_mask": text_mask, "drop": drop}
         if cfg.is_sr:
             if lowres is None:
                 raise ValueError("a super-resolution stage needs the lowres image to train")
             if aug_level is None:
-                aug_level = torch.rand(b, generator=generator) * cfg.aug_max_level
+                aug_level = random_uniform(b, generator) * cfg.aug_max_level
             aug_level = aug_level.to(dev)
             if aug_noise is None:
-                aug_noise = torch.randn(lowres.shape, generator=generator, dtype=lowres.dtype)
+                aug_noise = gaussian_noise(lowres.shape, generator, dtype=lowres.dtype)
             kw["lowres"] = augment_lowres(lowres, aug_level, noise=aug_noise.to(dev))
             kw["lowres_noise_level"] = aug_level
         return self.diffusion.loss(self, x0, t=None if t is None else t.to(dev),

@@ -220,3 +220,24 @@ def test_return_stages_still_gives_every_stage(cascade):
     """Detail: ``sample(return_stages=True)`` returns every stage's output, built from the same batches."""
     final, each = cascade.sample(PROMPTS, n=1, steps=2, seed=3, batch_size=1, progress=False, return_stages=True)
     assert [tuple(x.shape) for x in each] == [(2, 3, 8, 8), (2, 3, 16, 16)] and torch.equal(final, each[-1])
+
+
+def test_stage_training_loss_takes_per_row_generators(cascade, encoder):
+    """Detail: an SR stage's training loss (text dropout, augmentation level and noise, t, eps)
+    drawn with one generator per row: row r's loss is what row r alone gives (ATOL: batched kernels)."""
+    sr = cascade.stages[1]
+    emb, mask = cascade.encode(PROMPTS)
+    x0, low = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        both = sr.diffusion.loss(sr, x0, generator=gens(1, 2), reduction="none",
+                                 model_kwargs={"text_emb": emb, "text_mask": mask, "lowres": low,
+                                               "lowres_noise_level": torch.full((2,), 0.2)})
+        alone = sr.diffusion.loss(sr, x0[1:], generator=gens(2), reduction="none",
+                                  model_kwargs={"text_emb": emb[1:], "text_mask": mask[1:], "lowres": low[1:],
+                                                "lowres_noise_level": torch.full((1,), 0.2)})
+        torch.testing.assert_close(both[1:], alone, atol=ATOL, rtol=0)
+        a = sr.training_loss(x0, emb, mask, lowres=low, generator=gens(3, 4))
+        b = sr.training_loss(x0, emb, mask, lowres=low, generator=gens(3, 4))
+        assert torch.equal(a, b) and torch.isfinite(a)
+        one = sr.training_loss(x0, emb, mask, lowres=low, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(one, sr.training_loss(x0, emb, mask, lowres=low, generator=torch.Generator().manual_seed(3)))
