@@ -9,7 +9,6 @@ Derived in ``book/03b_ddpm_images.ipynb``: :func:`train_shapes` trains the page'
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -18,9 +17,11 @@ import time
 import torch
 
 from . import profiles
+from .arguments import ArgumentParser, check_count, check_seconds, check_seed, input_file, output_file
 from .data.shapes import make_batch
 from .ddpm_train import fit
 from .diffusion import GaussianDiffusion
+from .errors import run_cli
 from .evaluate import detect_objects_batch
 from .unet import UNet, UNetConfig, load_unet, save_unet
 
@@ -98,6 +99,8 @@ def benchmark_samplers(model, diffusion: GaussianDiffusion, *, n_images: int = 6
     Returns one dict per configuration: ``sampler``, ``steps``, ``seconds_per_image``,
     ``clean_1_2`` (share of samples with one or two clean objects) and ``mean_objects``.
     """
+    check_count(n_images, "n_images")
+    check_count(batch_size, "batch_size")
     device = next(model.parameters()).device
     c = model.config
     rows = []
@@ -119,9 +122,12 @@ def benchmark_samplers(model, diffusion: GaussianDiffusion, *, n_images: int = 6
     return rows
 
 
+PROG = "python -m imagen_edu.ddpm_images"
+
+
 def _main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m imagen_edu.ddpm_images",
-                                     description="Chapter 3 tools: the sampler benchmark.")
+    """The ``bench`` command without its error handling: raises on a user's mistake (see :func:`main`)."""
+    parser = ArgumentParser(prog=PROG, description="Chapter 3 tools: the sampler benchmark.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bench", help="seconds per image and sample quality, DDPM 1000 vs DDIM 250/100/50/25 "
                                      "(prints JSON)")
@@ -130,7 +136,7 @@ def _main(argv=None) -> None:
     b.add_argument("--train-steps", type=int, default=None, help="training steps (default: the profile's)")
     b.add_argument("--max-seconds", type=float, default=None,
                    help="cap on training time in seconds (default: the profile's; 0 = no cap)")
-    b.add_argument("--save", help="where to save the trained model (safetensors)")
+    b.add_argument("--save", help="where to save the trained model (safetensors); not with --checkpoint")
     b.add_argument("--n-images", type=int, default=64)
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--steps", default="1000,250,100,50,25",
@@ -139,17 +145,47 @@ def _main(argv=None) -> None:
     b.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (1 is often faster on a busy or 2-core machine)")
     args = parser.parse_args(argv)
-    try:  # every argument is checked before any training starts
-        args.steps = [int(x) for x in args.steps.split(",")]
-        if not args.steps or min(args.steps) < 1:
-            raise ValueError
-    except ValueError:
-        parser.error(f"--steps must be comma-separated positive ints, e.g. 1000,250,50; got {args.steps!r}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    _check_bench_args(args)
     with profiles.torch_threads(args.threads):
         out = _bench(args)
-    print(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1, allow_nan=False))
+
+
+def _check_bench_args(args) -> None:
+    """Every argument of ``bench``, checked before any training or sampling; ``args.steps`` becomes a list."""
+    try:
+        steps = [int(x) for x in args.steps.split(",")]
+        if not steps or min(steps) < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--steps must be comma-separated positive ints, e.g. 1000,250,50; got {args.steps!r}") from None
+    args.steps = steps
+    for name in ("n_images", "batch_size"):
+        check_count(getattr(args, name), "--" + name.replace("_", "-"))
+    check_seed(args.seed, "--seed")
+    if args.threads is not None:
+        check_count(args.threads, "--threads")
+    if args.train_steps is not None:
+        check_count(args.train_steps, "--train-steps")
+    if args.max_seconds is not None:
+        check_seconds(args.max_seconds, "--max-seconds")
+    profiles.current()  # an unknown IMAGEN_EDU_PROFILE fails now
+    if args.checkpoint is not None:
+        input_file(args.checkpoint, "--checkpoint")
+        if args.save is not None:
+            raise ValueError("--save saves the model trained without --checkpoint; with --checkpoint nothing is "
+                             "trained: drop one of them")
+        if args.train_steps is not None or args.max_seconds is not None:
+            raise ValueError("--train-steps and --max-seconds set the training done without --checkpoint; "
+                             "with --checkpoint nothing is trained: drop one of them")
+    if args.save is not None:
+        output_file(args.save, "--save")  # before training: a bad --save never costs the trained model
+
+
+def main(argv=None) -> int:
+    """``python -m imagen_edu.ddpm_images bench ...``: the exit status (2 with one line on stderr for a
+    bad argument, checked before any training; :func:`imagen_edu.errors.run_cli`)."""
+    return run_cli(lambda: _main(argv), prog=PROG)
 
 
 def _bench(args) -> dict:
@@ -158,7 +194,10 @@ def _bench(args) -> dict:
     out: dict = {"profile": prof.name, "device": prof.device, "torch_threads": torch.get_num_threads(),
                  "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
     if args.checkpoint:
-        model, extra = load_unet(args.checkpoint, device=prof.device)
+        try:
+            model, extra = load_unet(args.checkpoint, device=prof.device)
+        except (ValueError, TypeError, RuntimeError) as err:  # RuntimeError: tensors that do not fit the config
+            raise ValueError(f"--checkpoint {args.checkpoint}: {err}") from None
         diffusion = GaussianDiffusion(extra.get("schedule", "cosine"), int(extra.get("timesteps", 1000)),
                                       objective=extra.get("objective", "eps"))
         out["checkpoint"] = args.checkpoint
@@ -183,4 +222,4 @@ def _bench(args) -> dict:
 
 
 if __name__ == "__main__":
-    _main()
+    raise SystemExit(main())

@@ -22,7 +22,8 @@ Verdicts per caption (see :func:`attribute_accuracy`):
 * ``colour``: every named colour is present;
 * ``shape``: for every named ``(colour, shape)`` some object of that colour has that shape;
 * ``relation``: two-object captions only (``None`` for one-object captions, whose mean is taken
-  over two-object captions only): the relation holds between the named objects;
+  over two-object captions only, and ``None`` when there is none): the relation holds between
+  the named objects;
 * ``count``: the image has exactly as many objects as the caption names;
 * ``all``: colour and shape and count, and the relation for two-object captions.
 
@@ -36,12 +37,15 @@ imagen_edu eval`` prints) and :func:`relation_loss_test` (does a base stage read
 The chapter-4 CLIP metrics :func:`clip_score` and :func:`rerank` are re-exported from
 :mod:`imagen_edu.clip_eval`, so that every way of judging images is found here.
 
+A mean over no caption is ``None`` (JSON ``null``), never ``nan`` or 0: the results are valid
+JSON (``json.dumps(result, allow_nan=False)``) and never claim a score for captions that were not
+there.
+
 Run ``python -m imagen_edu.evaluate selftest --n 500`` for the judge's figures (JSON).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -52,9 +56,11 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from . import text_encoders
+from .arguments import ArgumentParser, check_count, check_seed
 from .clip_eval import clip_score, rerank  # CLIP-based metrics (chapter 4), re-exported: every judge in one module
 from .data.captions import COLOURS, SHAPES, converse_caption, parse_caption
 from .data.shapes import make_batch, render_batch, scene_at, single_thread
+from .errors import run_cli
 
 __all__ = ["DetectedObject", "attribute_accuracy", "colour_masks", "connected_components", "count_clean_objects",
            "detect_objects", "detect_objects_batch", "is_clean", "relation_holds", "selftest", "verdict", "SHAPES",
@@ -303,7 +309,7 @@ def attribute_accuracy(images, captions, margin: float = 0.0, min_area: float = 
         captions: N captions in the shapes grammar (``ValueError`` otherwise).
 
     Returns a dict with ``"colour"``, ``"shape"``, ``"count"``, ``"all"`` (means over all N),
-    ``"relation"`` (mean over the two-object captions only; ``nan`` if there are none),
+    ``"relation"`` (mean over the two-object captions only; ``None`` if there are none),
     ``"n"``, ``"n_two_object"`` and ``"verdicts"``: one dict per caption with booleans
     ``colour, shape, relation (None for one object), count, all``. See the module docstring.
     """
@@ -319,29 +325,29 @@ def attribute_accuracy(images, captions, margin: float = 0.0, min_area: float = 
     verdicts = [verdict(o, c, margin) for o, c in zip(dets, captions)]
     n = len(verdicts)
 
-    def mean(key, vs):
-        return sum(bool(v[key]) for v in vs) / len(vs) if vs else float("nan")
-
     two = [v for v in verdicts if v["relation"] is not None]
-    return {"colour": mean("colour", verdicts), "shape": mean("shape", verdicts),
-            "relation": mean("relation", two), "count": mean("count", verdicts), "all": mean("all", verdicts),
+    return {"colour": _share(verdicts, "colour"), "shape": _share(verdicts, "shape"),
+            "relation": _share(two, "relation"), "count": _share(verdicts, "count"), "all": _share(verdicts, "all"),
             "n": n, "n_two_object": len(two), "verdicts": verdicts}
+
+
+def _share(verdicts: list[dict], key: str, digits: int | None = None) -> float | None:
+    """Share of ``verdicts`` whose ``key`` is true, rounded to ``digits``; ``None`` for no verdict
+    (a mean over nothing is not a score: never ``nan``, which is not JSON, nor 0)."""
+    if not verdicts:
+        return None
+    m = sum(bool(v[key]) for v in verdicts) / len(verdicts)
+    return m if digits is None else round(m, digits)
 
 
 # ---------------------------------------------------------------------------------------------
 # Judging the cascade (chapter 5)
 # ---------------------------------------------------------------------------------------------
-def _check_count(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    return v
-
-
 def eval_captions(split: str, n: int, seed: int = 0) -> list[str]:
     """``n`` captions of ``split`` (``"test"`` or ``"heldout"``): one- and two-object half and half."""
     if split not in ("test", "heldout"):
         raise ValueError(f"split must be 'test' or 'heldout', got {split!r}")
-    _check_count(n, "n")
+    check_count(n, "n")
     h = n // 2
     one = [scene_at(split, seed, i, two_object_fraction=0.0).caption for i in range(n - h)]
     two = [scene_at(split, seed, 100_000 + i, two_object_fraction=1.0).caption for i in range(h)]
@@ -353,10 +359,21 @@ def evaluate_cascade(cascade, n: int = 200, *, guidance=None, steps=None, seed: 
     """The judge's accuracies of a cascade's samples, one image per caption, per split.
 
     ``cascade`` is an :class:`~imagen_edu.cascade.ImagenCascade` (anything with
-    ``sample(captions, n=1, ...) -> (N, 3, R, R)`` and ``resolution``). Returns ``{split: {"all",
-    "colour", "shape", "relation", "count", "all_one_object", "all_two_object", "n"},
-    "seconds_per_image": ..., "resolution": ..., "threads": ...}``.
+    ``sample(captions, n=1, ...) -> (N, 3, R, R)`` and ``resolution``). ``n`` (an int >= 1) captions
+    per split, half with one object and half with two (:func:`eval_captions`; ``n = 1`` gives one
+    one-object caption). Returns ``{split: {"all", "colour", "shape", "relation", "count",
+    "all_one_object", "all_two_object", "n", "n_one_object", "n_two_object"}, "seconds_per_image":
+    ..., "resolution": ..., "threads": ...}``; an accuracy over no caption (``relation`` and
+    ``all_two_object`` when ``n = 1``) is ``None``, so the dict is valid JSON with
+    ``allow_nan=False``.
     """
+    check_count(n, "n")
+    splits = tuple(splits)
+    if not splits:
+        raise ValueError("splits must name at least one of 'test', 'heldout'")
+    for split in splits:
+        if split not in ("test", "heldout"):
+            raise ValueError(f"splits must be 'test' or 'heldout', got {split!r}")
     out: dict = {}
     total_t, total_n = 0.0, 0
     for split in splits:
@@ -366,12 +383,13 @@ def evaluate_cascade(cascade, n: int = 200, *, guidance=None, steps=None, seed: 
                               progress=progress, **sample_kw)
         total_t += time.perf_counter() - t0
         total_n += len(caps)
-        r = attribute_accuracy(imgs, caps)
-        one = [v["all"] for v in r["verdicts"] if v["relation"] is None]
-        two = [v["all"] for v in r["verdicts"] if v["relation"] is not None]
-        out[split] = {k: round(r[k], 4) for k in ("all", "colour", "shape", "relation", "count")}
-        out[split].update({"all_one_object": round(sum(one) / max(1, len(one)), 4),
-                           "all_two_object": round(sum(two) / max(1, len(two)), 4), "n": len(caps)})
+        vs = attribute_accuracy(imgs, caps)["verdicts"]
+        one = [v for v in vs if v["relation"] is None]
+        two = [v for v in vs if v["relation"] is not None]
+        out[split] = {k: _share(vs, k, 4) for k in ("all", "colour", "shape", "count")}
+        out[split].update({"relation": _share(two, "relation", 4), "all_one_object": _share(one, "all", 4),
+                           "all_two_object": _share(two, "all", 4), "n": len(caps), "n_one_object": len(one),
+                           "n_two_object": len(two)})
     out["seconds_per_image"] = round(total_t / max(1, total_n), 4)
     out["resolution"] = cascade.resolution
     out["threads"] = torch.get_num_threads()
@@ -393,8 +411,8 @@ def relation_loss_test(stage, encoder=None, n: int = 256, *, seed: int = 0, bins
 
     Returns ``{"t_ranges": [(lo, hi), ...], "true": [...], "flipped": [...], "null": [...]}``.
     """
-    _check_count(n, "n")
-    _check_count(bins, "bins")
+    check_count(n, "n")
+    check_count(bins, "bins")
     cfg = stage.config
     if cfg.is_sr:
         raise ValueError("relation_loss_test takes a base stage (no lowres input)")
@@ -428,12 +446,14 @@ def selftest(n: int = 500, seed: int = 0) -> dict:
 
     Returns ``{condition: {"all", "colour", "shape", "relation", "count"}}`` rounded to 4 digits.
     """
+    check_count(n, "n")
+    check_seed(seed, "seed")
     # torchvision takes seconds to import and only this self test blurs: imported here, not with the judge
     from torchvision.transforms.functional import gaussian_blur
 
     def summary(images, caps):
         r = attribute_accuracy(images, caps)
-        return {k: round(r[k], 4) for k in ("all", "colour", "shape", "relation", "count")}
+        return {k: None if r[k] is None else round(r[k], 4) for k in ("all", "colour", "shape", "relation", "count")}
 
     g = torch.Generator().manual_seed(seed)
     out = {"n": n}
@@ -453,15 +473,25 @@ def selftest(n: int = 500, seed: int = 0) -> dict:
     return out
 
 
+PROG = "python -m imagen_edu.evaluate"
+
+
 def _main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m imagen_edu.evaluate",
-                                 description="The shapes judge. 'selftest' prints its accuracy figures as JSON.")
+    ap = ArgumentParser(prog=PROG, description="The shapes judge. 'selftest' prints its accuracy figures as JSON.")
     ap.add_argument("command", choices=["selftest"])
-    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--n", type=int, default=500, help="images per condition (an int >= 1)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    print(json.dumps(selftest(args.n, args.seed)))
+    check_count(args.n, "--n")
+    check_seed(args.seed, "--seed")
+    print(json.dumps(selftest(args.n, args.seed), allow_nan=False))
+
+
+def main(argv=None) -> int:
+    """``python -m imagen_edu.evaluate selftest [--n N] [--seed S]``: the exit status (2 with one
+    line on stderr for a bad argument; :func:`imagen_edu.errors.run_cli`)."""
+    return run_cli(lambda: _main(argv), prog=PROG)
 
 
 if __name__ == "__main__":
-    _main()
+    raise SystemExit(main())

@@ -186,47 +186,66 @@ def caption_corpus(split: str = "train") -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Caption files
 # ---------------------------------------------------------------------------------------------
+def _text_lines(path: Path, what: str):
+    """``(line number, text)`` of each line of the UTF-8 text file ``path`` (a leading BOM dropped).
+
+    ``ValueError`` naming the file (and the line) for a folder or for a file that is not UTF-8
+    text (a binary file: bytes that are not UTF-8, or a NUL byte); ``FileNotFoundError`` for a
+    missing file. ``what`` names the file in the messages (e.g. ``"captions file"``).
+    """
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; expected a text file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError:
+                line = "\x00"
+            if "\x00" in line:
+                raise ValueError(f"{what} {path} line {n}: not UTF-8 text (a binary file?); expected one "
+                                 "caption per line")
+            yield n, line
+
+
 def read_jsonl(path, fields: tuple[str, ...] = ("caption",)) -> list[tuple[int, dict]]:
     """The records of a JSON-lines file: ``[(line number, object), ...]``, blank lines skipped.
 
     Every line must be a JSON object whose ``fields`` are strings, as in a captioned image
     folder's ``captions.jsonl`` (``{"file": "img001.jpg", "caption": "a dog on a beach"}``).
-    A missing file raises ``FileNotFoundError``; a malformed line ``ValueError`` naming the file
-    and the line number.
+    A missing file raises ``FileNotFoundError``; a folder, a binary file or a malformed line
+    ``ValueError`` naming the file and the line number.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
     want = " and ".join(repr(f) for f in fields)
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {n}: not valid JSON ({err.msg}); expected an object with "
-                                 f"string field(s) {want}") from None
-            if not isinstance(rec, dict) or not all(isinstance(rec.get(f), str) for f in fields):
-                raise ValueError(f"{path} line {n}: expected an object with string field(s) {want}, "
-                                 f"got {line.strip()[:80]!r}")
-            out.append((n, rec))
+    for n, line in _text_lines(path, "JSON-lines file"):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {n}: not valid JSON ({err.msg}); expected an object with "
+                             f"string field(s) {want}") from None
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(f), str) for f in fields):
+            raise ValueError(f"{path} line {n}: expected an object with string field(s) {want}, "
+                             f"got {line.strip()[:80]!r}")
+        out.append((n, rec))
     return out
 
 
 def read_captions(path) -> list[str]:
     """Captions from a file: a ``.jsonl`` file (the ``caption`` field of every line, :func:`read_jsonl`)
-    or a text file with one caption per line. Blank lines are skipped. A missing or empty file, or
-    a malformed JSON line, raises ``ValueError`` naming it."""
+    or a text file with one caption per line. Blank lines are skipped. A missing, empty or binary
+    file, a folder, or a malformed JSON line raises ``ValueError`` naming it (and the line)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"captions file {path} does not exist")
-    if path.suffix == ".jsonl":
+    if path.suffix == ".jsonl" and not path.is_dir():
         out = [rec["caption"] for _, rec in read_jsonl(path, ("caption",))]
     else:
-        with open(path, encoding="utf-8") as fh:
-            out = [line.rstrip("\n") for line in fh if line.strip()]
+        out = [line.rstrip("\r\n") for _, line in _text_lines(path, "captions file") if line.strip()]
     if not out:
-        raise ValueError(f"{path} holds no caption")
+        raise ValueError(f"captions file {path} holds no caption (it is empty or blank)")
     return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import functional as TF
 
 from .captions import read_jsonl
@@ -72,9 +73,13 @@ class CaptionedImageFolder(_StagedDataset):
     """Images listed in ``root/captions.jsonl`` with their captions.
 
     Each line is a JSON object ``{"file": ..., "caption": ...}`` with ``file`` relative to
-    ``root``; blank lines are skipped. The file list is checked when the data set is built:
-    a malformed line raises ``ValueError`` naming its line number, a listed image that does not
-    exist raises ``FileNotFoundError`` naming it and its line.
+    ``root``; blank lines are skipped. The file list is checked when the data set is built, so a
+    training run fails before its first step rather than at the bad image: a malformed line (or a
+    binary ``captions.jsonl``) raises ``ValueError`` naming its line number; a listed image that
+    does not exist raises ``FileNotFoundError`` naming it and its line; an empty file, or one
+    whose header PIL cannot read (not an image), raises ``ValueError`` naming it and its line.
+    Only each image's header is read here (about a millisecond per file); an image whose data
+    turns out broken when ``ds[i]`` decodes it raises ``ValueError`` naming it and its line.
 
     ``ds[i]`` returns ``(image (3, R, R) in [-1, 1], caption)``, or a tuple of images when
     ``resolution`` is a tuple.
@@ -88,23 +93,38 @@ class CaptionedImageFolder(_StagedDataset):
             raise FileNotFoundError(f"no {captions_file} in {self.root}: expected one line per image like "
                                     '{"file": "img001.jpg", "caption": "a dog on a beach"}')
         self.items: list[tuple[Path, str]] = []
+        self.lines: list[int] = []  # the line of captions.jsonl that lists each item
         for n, rec in read_jsonl(path, ("file", "caption")):
             file = self.root / rec["file"]
+            where = f"{path} line {n}: image file {rec['file']!r}"
+            if file.is_dir():
+                raise ValueError(f"{where} is a folder in {self.root}; expected an image file")
             if not file.is_file():
-                raise FileNotFoundError(f"{path} line {n}: image file {rec['file']!r} not found in {self.root}")
+                raise FileNotFoundError(f"{where} not found in {self.root}")
+            if file.stat().st_size == 0:
+                raise ValueError(f"{where} is empty (0 bytes); expected an image (PNG, JPEG, ...)")
+            try:
+                with Image.open(file):  # reads the header only
+                    pass
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+                raise ValueError(f"{where} is not an image PIL can read ({type(err).__name__}: {err})") from None
             self.items.append((file, rec["caption"]))
+            self.lines.append(n)
         if not self.items:
             raise ValueError(f"{path} lists no images")
+        self.captions_path = path
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         file, caption = self.items[i]
-        with Image.open(file) as im:
-            return self._output(im, caption)
+        try:
+            with Image.open(file) as im:
+                return self._output(im, caption)
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:  # e.g. a truncated JPEG
+            raise ValueError(f"{self.captions_path} line {self.lines[i]}: image file {file} cannot be decoded "
+                             f"({type(err).__name__}: {err})") from None
 
 
 class CaptionedClassDataset(_StagedDataset):

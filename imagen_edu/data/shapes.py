@@ -38,7 +38,6 @@ Run ``python -m imagen_edu.data.shapes bench`` for the render speed (JSON).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -50,11 +49,13 @@ import torch
 from einops import rearrange
 
 from .captions import COLOURS, GRAMMAR, HELDOUT_PAIRS, RELATIONS, SHAPES, ParsedCaption, all_captions, parse_caption
+from ..arguments import ArgumentParser, check_count
+from ..errors import run_cli
 from ..profiles import torch_threads
 
 __all__ = [
     "GRAMMAR", "HELDOUT_PAIRS", "RELATIONS", "RGB", "SPLITS", "RELATION_MARGIN", "Scene", "SceneObject",
-    "ShapesDataset", "benchmark", "single_thread", "check_resolution", "coverage", "half_widths", "make_batch", "place_objects",
+    "MAX_LENGTH", "MAX_RENDER_BYTES", "MAX_RESOLUTION", "MIN_RESOLUTION", "ShapesDataset", "benchmark", "single_thread", "check_resolution", "coverage", "half_widths", "make_batch", "place_objects",
     "relation_gap", "render", "render_batch", "render_captions", "sample_scene", "scene_at", "scene_for_caption",
     "split_captions",
 ]
@@ -74,6 +75,18 @@ TWO_OBJECT_SIZE: tuple[float, float] = (0.25, 0.4)
 SAMPLE_GRID: int = 256
 #: Minimum number of sample lines per pixel row.
 MIN_SUPERSAMPLE: int = 4
+#: Resolutions the renderer accepts, in pixels (checked by :func:`check_resolution`): below 4 px no
+#: shape is recognisable; 1024 px is 16 times the book's largest stage and still renders in
+#: bounded memory (:func:`render_batch` shrinks its chunks as the resolution grows).
+MIN_RESOLUTION: int = 4
+MAX_RESOLUTION: int = 1024
+#: Most items of a :class:`ShapesDataset` (scenes are drawn lazily; the bound catches a typo).
+MAX_LENGTH: int = 2 ** 31 - 1
+#: Most bytes :func:`render_batch` may return at once (32 GiB): a larger request is refused before
+#: any allocation, with the size it would need.
+MAX_RENDER_BYTES: int = 32 * 2 ** 30
+#: Most float32 values of the largest temporary of one rendered chunk (128 MiB).
+_CHUNK_ELEMENTS: int = 2 ** 25
 
 
 def hue_to_rgb(hue: float) -> tuple[float, float, float]:
@@ -232,7 +245,11 @@ def scene_for_caption(caption: str, seed: int = 0) -> Scene:
 # Rendering
 # ---------------------------------------------------------------------------------------------
 def check_resolution(resolution) -> tuple[int, ...]:
-    """Validate ``resolution`` (an int or a tuple/list of ints) -> sorted tuple, smallest first."""
+    """Validate ``resolution`` (an int or a tuple/list of ints) -> sorted tuple, smallest first.
+
+    Each resolution must be an int in ``[MIN_RESOLUTION, MAX_RESOLUTION]`` (4 to 1024 px) and
+    distinct from the others; ``TypeError`` / ``ValueError`` naming the value otherwise.
+    """
     vals = resolution if isinstance(resolution, (tuple, list)) else (resolution,)
     if len(vals) == 0:
         raise ValueError("resolution must be a positive int or a non-empty tuple of them, got ()")
@@ -243,6 +260,8 @@ def check_resolution(resolution) -> tuple[int, ...]:
                             f"got {r!r} ({type(r).__name__})")
         if r <= 0:
             raise ValueError(f"resolution must be positive, got {r}")
+        if not MIN_RESOLUTION <= r <= MAX_RESOLUTION:
+            raise ValueError(f"resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} px, got {r}")
         out.append(int(r))
     if len(set(out)) != len(out):
         raise ValueError(f"resolutions must be distinct, got {tuple(out)}")
@@ -325,12 +344,23 @@ def single_thread():
 def render_batch(scenes, resolution, chunk: int = 128) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Render a list of scenes at once: ``(B, 3, R, R)`` in [-1, 1], or a tuple (smallest first).
 
-    Scenes are processed ``chunk`` at a time to bound memory, on one thread (:func:`single_thread`).
+    Scenes are processed at most ``chunk`` at a time, fewer at large resolutions, so that a
+    chunk's largest temporary (``(chunk, R * supersample, R)`` floats) stays under 128 MiB; every
+    scene is rendered on its own, so the chunking never changes a pixel. A request whose result
+    would exceed :data:`MAX_RENDER_BYTES` is refused before any allocation. One thread
+    (:func:`single_thread`).
     """
     sizes = check_resolution(resolution)
+    check_count(chunk, "chunk")
     scenes = list(scenes)
     if len(scenes) == 0:
         raise ValueError("render_batch needs at least one scene")
+    need = len(scenes) * 3 * sum(r * r for r in sizes) * 4
+    if need > MAX_RENDER_BYTES:
+        raise ValueError(f"rendering {len(scenes)} scenes at {sizes} px would need {need / 2 ** 30:.1f} GiB "
+                         f"(more than {MAX_RENDER_BYTES / 2 ** 30:.0f} GiB): render fewer at once")
+    top = sizes[-1]
+    chunk = max(1, min(chunk, _CHUNK_ELEMENTS // (top * supersample_factor(top) * top)))
     with single_thread():
         parts = [_render_chunk(scenes[i:i + chunk], sizes) for i in range(0, len(scenes), chunk)]
     res = tuple(torch.cat([p[j] for p in parts]) for j in range(len(sizes)))
@@ -375,8 +405,9 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     Args:
         split: ``"train"``, ``"test"`` or ``"heldout"`` (see the module docstring).
-        resolution: an int, or a tuple of ints for a cascade.
-        length: number of items.
+        resolution: an int, or a tuple of ints for a cascade, each in [4, 1024] px
+            (:func:`check_resolution`; refused when the dataset is built, before any rendering).
+        length: number of items, in [1, 2**31 - 1].
         seed: selects the random streams (a different seed gives different scenes).
         two_object_fraction: probability that a scene has two objects.
 
@@ -388,8 +419,8 @@ class ShapesDataset(torch.utils.data.Dataset):
         _check_split(split)
         self.resolutions = check_resolution(resolution)
         self.cascade = isinstance(resolution, (tuple, list))
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length <= 0:
-            raise ValueError(f"length must be a positive int, got {length!r}")
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 0 < length <= MAX_LENGTH:
+            raise ValueError(f"length must be an int in [1, {MAX_LENGTH}], got {length!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.split, self.length, self.seed = split, int(length), int(seed)
@@ -467,16 +498,28 @@ def benchmark(sizes=(32, 64), batch_size: int = 256, n_batches: int = 4, threads
     return out
 
 
+PROG = "python -m imagen_edu.data.shapes"
+
+
 def _main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m imagen_edu.data.shapes",
-                                 description="Shapes benchmark tools. 'bench' prints render speed as JSON.")
+    ap = ArgumentParser(prog=PROG, description="Shapes benchmark tools. 'bench' prints render speed as JSON.")
     ap.add_argument("command", choices=["bench"])
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    check_count(args.batch_size, "--batch-size")
+    check_count(args.batches, "--batches")
+    if args.threads is not None:
+        check_count(args.threads, "--threads")
     print(json.dumps(benchmark(batch_size=args.batch_size, n_batches=args.batches, threads=args.threads)))
 
 
+def main(argv=None) -> int:
+    """``python -m imagen_edu.data.shapes bench ...``: the exit status (2 with one line on stderr for a
+    bad argument; :func:`imagen_edu.errors.run_cli`)."""
+    return run_cli(lambda: _main(argv), prog=PROG)
+
+
 if __name__ == "__main__":
-    _main()
+    raise SystemExit(main())
