@@ -362,8 +362,8 @@ def _model_cli(argv, *, prog, description, name, filename, train_and_measure, lo
     if args.cmd == "train":
         try:
             prof = profiles.get(args.profile) if args.profile else profiles.current()
-        except ValueError as err:
-            raise ValueError(f"--profile: {err}") from None
+        except ValueError as err:  # names --profile, or the environment variable when none was given
+            raise ValueError(f"--profile: {err}" if args.profile else f"{profiles.ENV_VAR}: {err}") from None
         check_seed(args.seed, "--seed")
         out = output_file(args.out, "--out")
         if not args.no_manifest:  # a manifest that cannot be read or written is found now, not after training

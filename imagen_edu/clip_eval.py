@@ -246,7 +246,12 @@ def rerank(images: torch.Tensor, caption: str, model: CLIPModel | None = None) -
 # Command line
 # ---------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    """``python -m imagen_edu.clip {train,eval}``: train and record, or re-measure, the chapter-4 model."""
+    """``python -m imagen_edu.clip {train,eval}``: train and record, or re-measure, the chapter-4 model.
+
+    Returns the exit status: 2 with one line on stderr for a bad argument (an unwritable ``--out``,
+    a ``--ckpt`` that is not a CLIP checkpoint...), checked before any work; see
+    :func:`imagen_edu.checkpoints.model_cli`.
+    """
     def train_and_measure(prof, seed, out):
         res = train_clip(prof.clip, seed=seed, progress=sys.stderr.isatty())
         model = res.model.to("cpu").eval()

@@ -148,7 +148,7 @@ def _main(argv=None) -> None:
     _check_bench_args(args)
     with profiles.torch_threads(args.threads):
         out = _bench(args)
-    print(json.dumps(out, indent=1, allow_nan=False))
+    print(json.dumps(out, indent=1))
 
 
 def _check_bench_args(args) -> None:

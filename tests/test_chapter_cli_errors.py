@@ -301,3 +301,12 @@ def test_attribute_accuracy_relation_is_none_without_two_object_captions():
     r = evaluate.attribute_accuracy(shapes.render_captions(caps, 32), caps)
     assert r["relation"] is None and r["n_two_object"] == 0 and r["all"] == 1.0
     json.dumps({k: v for k, v in r.items() if k != "verdicts"}, allow_nan=False)
+
+
+def test_unknown_profile_in_the_environment_is_refused_before_training(monkeypatch, no_work, capsys):
+    """``IMAGEN_EDU_PROFILE=bogus`` is not ignored: the bench and ``train`` stop before training, naming it."""
+    monkeypatch.setenv("IMAGEN_EDU_PROFILE", "bogus")
+    assert ddpm_images.main(["bench", "--n-images", "2"]) == 2
+    assert lm.main(["train", "--no-manifest"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all("unknown compute profile 'bogus'" in x for x in lines)
