@@ -158,7 +158,8 @@ def _check_bench_args(args) -> None:
         if not steps or min(steps) < 1:
             raise ValueError
     except ValueError:
-        raise ValueError(f"--steps must be comma-separated positive ints, e.g. 1000,250,50; got {args.steps!r}") from None
+        raise ValueError(f"--steps must be comma-separated positive ints, e.g. 1000,250,50; "
+                         f"got {args.steps!r}") from None
     args.steps = steps
     for name in ("n_images", "batch_size"):
         check_count(getattr(args, name), "--" + name.replace("_", "-"))

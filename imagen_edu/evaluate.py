@@ -386,10 +386,10 @@ def evaluate_cascade(cascade, n: int = 200, *, guidance=None, steps=None, seed: 
         vs = attribute_accuracy(imgs, caps)["verdicts"]
         one = [v for v in vs if v["relation"] is None]
         two = [v for v in vs if v["relation"] is not None]
-        out[split] = {k: _share(vs, k, 4) for k in ("all", "colour", "shape", "count")}
-        out[split].update({"relation": _share(two, "relation", 4), "all_one_object": _share(one, "all", 4),
-                           "all_two_object": _share(two, "all", 4), "n": len(caps), "n_one_object": len(one),
-                           "n_two_object": len(two)})
+        out[split] = {"all": _share(vs, "all", 4), "colour": _share(vs, "colour", 4), "shape": _share(vs, "shape", 4),
+                      "relation": _share(two, "relation", 4), "count": _share(vs, "count", 4),
+                      "all_one_object": _share(one, "all", 4), "all_two_object": _share(two, "all", 4),
+                      "n": len(caps), "n_one_object": len(one), "n_two_object": len(two)}
     out["seconds_per_image"] = round(total_t / max(1, total_n), 4)
     out["resolution"] = cascade.resolution
     out["threads"] = torch.get_num_threads()

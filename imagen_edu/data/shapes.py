@@ -55,7 +55,8 @@ from ..profiles import torch_threads
 
 __all__ = [
     "GRAMMAR", "HELDOUT_PAIRS", "RELATIONS", "RGB", "SPLITS", "RELATION_MARGIN", "Scene", "SceneObject",
-    "MAX_LENGTH", "MAX_RENDER_BYTES", "MAX_RESOLUTION", "MIN_RESOLUTION", "ShapesDataset", "benchmark", "single_thread", "check_resolution", "coverage", "half_widths", "make_batch", "place_objects",
+    "MAX_LENGTH", "MAX_RENDER_BYTES", "MAX_RESOLUTION", "MIN_RESOLUTION",
+    "ShapesDataset", "benchmark", "single_thread", "check_resolution", "coverage", "half_widths", "make_batch", "place_objects",
     "relation_gap", "render", "render_batch", "render_captions", "sample_scene", "scene_at", "scene_for_caption",
     "split_captions",
 ]
