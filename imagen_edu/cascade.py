@@ -76,23 +76,26 @@ def image_seed(seed: int, line: int, k: int) -> int:
     return _hash_to_seed(f"imagen_edu image {seed} {line} {k}")
 
 
-def stage_seed(image_seed: int, stage: int) -> int:
-    """The seed of the generator that stage ``stage`` (0 = base) uses for one image: ``image_seed`` hashed again.
+def stage_seed(image: int, stage: int) -> int:
+    """The seed of the generator that stage ``stage`` (0 = base) uses for one image of seed ``image``.
 
-    ``sha256("imagen_edu stage {image_seed} {stage}")`` reduced as in :func:`image_seed`. Each
-    stage gets its own stream, so changing one stage's settings (its steps, its sampler) leaves
-    the noise of the other stages as it was.
+    ``image`` is the image's :func:`image_seed`, hashed again with the stage's index:
+    ``sha256("imagen_edu stage {image} {stage}")`` reduced as in :func:`image_seed`. Each stage
+    gets its own stream, so changing one stage's settings (its steps, its sampler) leaves the
+    noise of the other stages as it was.
     """
-    image_seed = check_seed(image_seed, "image_seed")
+    image = check_seed(image, "image seed")
     stage = check_int(stage, "stage", low=0)
-    return _hash_to_seed(f"imagen_edu stage {image_seed} {stage}")
+    return _hash_to_seed(f"imagen_edu stage {image} {stage}")
 
 
 class ImagenCascade:
     """The text-to-image cascade: a frozen text encoder, a base stage and 1 or 2 SR stages.
 
     ``sample(prompts, n=4, guidance=3.0, steps=25, seed=0)`` returns ``(len(prompts) * n, 3, R, R)``
-    images in [-1, 1] at the final resolution, prompt-major (the ``n`` samples of prompt 0 first).
+    images in [-1, 1] at the final resolution, prompt-major (the ``n`` samples of prompt 0 first);
+    ``sample_batches(...)`` yields them batch by batch with their ``(line, k)`` keys, and can skip
+    some. Either way image ``(line, k)`` is fixed by ``(seed, line, k)`` (:func:`image_seed`).
 
     Derived in chapter 5 (Section "The cascade").
     """
@@ -186,7 +189,7 @@ class ImagenCascade:
                 (e.g. one already written by an earlier run); the others are unchanged.
         """
         plan = self._plan(prompts, n, guidance, steps, seed, sampler, threshold, aug_level, batch_size, eta, skip)
-        return ((keys, outs[-1]) for keys, outs in self._run(plan, progress))
+        return ((keys, outs[-1]) for keys, outs in self._run(plan, progress, every_stage=False))
 
     @torch.no_grad()
     def sample(self, prompts, n: int = 1, guidance=None, steps=None, seed: int = 0, sampler: str = "ddim",
@@ -216,8 +219,8 @@ class ImagenCascade:
             return_stages: also return the list of every stage's output.
         """
         plan = self._plan(prompts, n, guidance, steps, seed, sampler, threshold, aug_level, batch_size, eta, None)
-        done = list(self._run(plan, progress))
-        stages = [torch.cat([outs[i] for _, outs in done]) for i in range(len(self.stages))]
+        done = list(self._run(plan, progress, every_stage=return_stages))
+        stages = [torch.cat([outs[i] for _, outs in done]) for i in range(len(done[0][1]))]
         return (stages[-1], stages) if return_stages else stages[-1]
 
     def _plan(self, prompts, n, guidance, steps, seed, sampler, threshold, aug_level, batch_size, eta, skip) -> dict:
@@ -240,8 +243,12 @@ class ImagenCascade:
         return dict(keys=keys, emb=emb, mask=mask, seed=seed, batch_size=batch_size, settings=settings)
 
     @torch.no_grad()
-    def _run(self, plan: dict, progress: bool) -> Iterator[tuple[list[tuple[int, int]], list[torch.Tensor]]]:
-        """Sample a :meth:`_plan` batch by batch: yields ``(keys, [each stage's output on the CPU])``."""
+    def _run(self, plan: dict, progress: bool,
+             every_stage: bool) -> Iterator[tuple[list[tuple[int, int]], list[torch.Tensor]]]:
+        """Sample a :meth:`_plan` batch by batch: yields ``(keys, outputs)``, float on the CPU.
+
+        ``outputs`` holds every stage's output (``every_stage``) or only the last stage's.
+        """
         keys, bs = plan["keys"], plan["batch_size"]
         bar = tqdm(total=len(keys) * len(self.stages), desc="sampling cascade", leave=False) if progress else None
         try:
@@ -254,7 +261,8 @@ class ImagenCascade:
                 for i, (st, kw) in enumerate(zip(self.stages, plan["settings"])):
                     gens = [torch.Generator().manual_seed(stage_seed(z, i)) for z in seeds]
                     x = st.sample(e, m, lowres=x, generator=gens, **kw)
-                    outs.append(x.float().cpu())
+                    if every_stage or i == len(self.stages) - 1:
+                        outs.append(x.float().cpu())
                     if bar is not None:
                         bar.update(len(batch))
                 yield batch, outs

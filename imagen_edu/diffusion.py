@@ -610,7 +610,8 @@ class GaussianDiffusion:
         Derived in chapter 3, Eq. (ch3-eq-simple-loss): with ``objective="eps"`` and no weighting
         this is ``L_simple``, Eq. (14). ``x0 (B, ...)``; ``t (B,)`` indices (uniform if omitted);
         ``noise`` like ``x0`` (drawn if omitted; both drawn with ``generator`` on its device, the
-        CPU without one; a sequence of ``B`` generators draws row ``r`` from generator ``r``). ``reduction="none"`` gives the ``(B,)`` losses.
+        CPU without one; a sequence of ``B`` generators draws row ``r`` from generator ``r``).
+        ``reduction="none"`` gives the ``(B,)`` losses.
         """
         if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
             raise ValueError(f"x0 must be a tensor (B, ...) with a batch dimension, got "
@@ -776,10 +777,12 @@ class GaussianDiffusion:
             pred = self.model_predictions(model, x, t, model_kwargs=model_kwargs,
                                           clip_denoised=clip_denoised, x0_transform=x0_transform)
             if sampler == "ddpm":
-                z = gaussian_noise(shape, generator, device, dtype) if t_prev_i >= 0 else None   # z = 0 at the last step
+                # z = 0 at the last step
+                z = gaussian_noise(shape, generator, device, dtype) if t_prev_i >= 0 else None
                 x = self.ddpm_step(pred["pred_x0"], x, t, t_prev, z)
             else:
-                z = gaussian_noise(shape, generator, device, dtype) if eta > 0 and t_prev_i >= 0 else None  # sigma = 0 else
+                # sigma = 0 without eta or at the last step: no noise
+                z = gaussian_noise(shape, generator, device, dtype) if eta > 0 and t_prev_i >= 0 else None
                 x = self.ddim_step(pred["pred_x0"], pred["pred_eps"], t, t_prev, eta, z)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(x).all(), i, first_bad)
             if return_trajectory:
