@@ -44,7 +44,6 @@ __all__ = ["STAGES", "MAX_SEED", "NumberTypeError", "check_int", "check_real", "
 STAGES: tuple[str, ...] = ("base", "sr1", "sr2")
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Checked numbers: every number that enters a stage (config, sampling) is checked where it enters
 # ---------------------------------------------------------------------------------------------
