@@ -42,8 +42,9 @@ def test_sample_prompt_writes_pngs(cascade_dir, tmp_path, capsys):
     rc = cli.main(["sample", "--prompt", "a red circle left of a blue square", "--n", "3", "--seed", "1",
                    "--guidance", "2", "--steps", "2", "--out", str(out), "--checkpoint-dir", str(cascade_dir)])
     assert rc == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.glob("*.png"))
     assert names == ["0_0.png", "0_1.png", "0_2.png"]
+    assert json.loads((out / "sample.json").read_text())["seed"] == 1  # the settings that made them
     im = Image.open(out / "0_0.png")
     assert im.size == (16, 16) and im.mode == "RGB"
 
@@ -55,7 +56,7 @@ def test_sample_prompts_file(cascade_dir, tmp_path, capsys):
     rc = cli.main(["sample", "--prompts-file", str(f), "--n", "2", "--steps", "2", "--out", str(out),
                    "--checkpoint-dir", str(cascade_dir), "--batch-size", "4"])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}_{k}.png" for i in range(3) for k in range(2))
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{i}_{k}.png" for i in range(3) for k in range(2))
 
 
 def test_sample_is_deterministic_with_a_seed(cascade_dir, tmp_path, capsys):
@@ -326,6 +327,6 @@ def test_threads_option(tmp_path, capsys, monkeypatch):
                          "--out", str(tmp_path)]) == 0
         assert seen == [other] and torch.get_num_threads() == before
         assert cli.main(["eval", "--threads", "0", "--n", "2"]) == 2
-        assert "--threads must be >= 1" in capsys.readouterr().err
+        assert "--threads must be an int >= 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
