@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ["ArgumentParser", "MAX_SEED", "check_count", "check_seed", "check_seconds", "input_file",
-           "output_file"]
+__all__ = ["ArgumentParser", "MAX_SEED", "NumberTypeError", "check_int", "check_real", "check_count", "check_seed",
+           "check_seconds", "input_file", "output_file"]
 
 #: seeds are ints in ``[0, MAX_SEED)``: what every torch and numpy generator of the package accepts
 MAX_SEED = 2 ** 63
@@ -37,13 +38,63 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+class NumberTypeError(TypeError, ValueError):
+    """A value that is not a number of the right kind (a float or a bool where an int belongs, a str, ...).
+
+    Both a ``TypeError`` (what it is) and a ``ValueError`` (so that a config read back from a
+    checkpoint fails with a ``ValueError``, as every other nonsense value does).
+    """
+
+
+def _range_text(low, high, low_open: bool = False, high_open: bool = False) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high}"
+    return ""
+
+
+def check_int(v, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """``v`` as an ``int`` if it is an integer (not a bool, not a float: ``1.7`` is no seed) in ``[low, high]``.
+
+    A wrong type raises :class:`NumberTypeError`, a value out of range ``ValueError``; both name
+    ``name`` and say what was given and what is expected.
+    """
+    want = " ".join(("an int", _range_text(low, high))).strip()
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise NumberTypeError(f"{name} must be {want}, got {v!r} ({type(v).__name__})")
+    v = int(v)
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise ValueError(f"{name} must be {want}, got {v}")
+    return v
+
+
+def check_real(v, name: str, *, low: float | None = None, high: float | None = None,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """``v`` as a finite ``float`` in the range (``low``/``high``, open or closed), else an error naming ``name``.
+
+    ``inf`` and ``nan`` are refused (``ValueError``), as is a bool or a non-number
+    (:class:`NumberTypeError`).
+    """
+    want = " ".join(("a finite number", _range_text(low, high, low_open, high_open))).strip()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise NumberTypeError(f"{name} must be {want}, got {v!r} ({type(v).__name__})")
+    try:
+        x = float(v)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x) or (low is not None and (x <= low if low_open else x < low)) or \
+            (high is not None and (x >= high if high_open else x > high)):
+        raise ValueError(f"{name} must be {want}, got {v!r}")
+    return x
+
+
+
 def check_count(value, name: str, *, minimum: int = 1) -> int:
-    """``value`` if it is an int ``>= minimum`` (not a bool), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
+    """``value`` if it is an int ``>= minimum`` (not a bool), else an error naming ``name`` (:func:`check_int`)."""
+    return check_int(value, name, low=minimum)
 
 
 def check_seed(value, name: str = "--seed") -> int:

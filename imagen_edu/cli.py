@@ -32,11 +32,9 @@ Without ``--checkpoint-dir``, ``sample``/``eval``/``bench`` use the shipped toy 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import json
-import math
 import os
 import platform
 import sys
@@ -56,6 +54,7 @@ from .bench import bench_stage
 from .cascade import ImagenCascade, check_positive_int
 from .embcache import EmbeddingCache, build_cache, read_captions
 from .evaluate import eval_captions, evaluate_cascade
+from .arguments import ArgumentParser, check_real, check_seed
 from .errors import UsageError, run_cli
 from .outputs import FolderLock, atomic_write, atomic_write_text, check_output_dir, check_output_file
 from .stage_training import check_stage_folder, train_command, train_stage
@@ -65,8 +64,8 @@ from .unet import UNetConfig
 __all__ = ["main", "build_parser", "save_png", "read_prompts", "parse_overrides", "apply_overrides", "data_pool"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m imagen_edu",
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m imagen_edu",
                                 description="Imagen from scratch: train, sample, evaluate and benchmark the "
                                             "cascade; list model configs; precompute text embeddings.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -189,28 +188,12 @@ def _cascade(args):
     return ImagenCascade.from_dir(args.checkpoint_dir)
 
 
-#: the largest seed a torch.Generator takes
-MAX_SEED = 2 ** 63 - 1
-
-
-def check_number(value, name: str, *, minimum: float | None = None, maximum: float | None = None):
-    """``value`` if it is a finite real in ``[minimum, maximum]`` (``None`` passes), else ``ValueError`` naming ``name``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        lo = "-inf" if minimum is None else minimum
-        hi = "inf" if maximum is None else maximum
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
-    return value
-
-
 def _check_common(args) -> None:
     """The arguments every sampling command shares, checked before anything is loaded."""
     if getattr(args, "seed", None) is not None:
-        check_number(args.seed, "--seed", minimum=0, maximum=MAX_SEED)
-    check_number(getattr(args, "guidance", None), "--guidance", minimum=0)
+        check_seed(args.seed, "--seed")
+    if getattr(args, "guidance", None) is not None:
+        check_real(args.guidance, "--guidance", low=0)
     if getattr(args, "steps", None) is not None:
         check_positive_int(args.steps, "--steps")
     if getattr(args, "batch_size", None) is not None:
@@ -331,7 +314,7 @@ def _train(args) -> int:
     cfg = configs.stage_config(args.stage, prof)
     changes = {}
     if args.seed is not None:
-        changes["seed"] = check_number(args.seed, "--seed", minimum=0, maximum=MAX_SEED)
+        changes["seed"] = check_seed(args.seed, "--seed")
     if args.steps is not None:
         changes["steps"] = check_positive_int(args.steps, "--steps")
     if changes:
@@ -557,9 +540,8 @@ def main(argv=None) -> int:
     A user's mistake prints one line and returns 2 before any work; a bug prints one line saying
     where to report it and returns 1 (:func:`imagen_edu.errors.run_cli`).
     """
-    args = build_parser().parse_args(argv)
-
     def run() -> int:
+        args = build_parser().parse_args(argv)  # a usage error is one line too (arguments.ArgumentParser)
         profiles.current()  # a bad IMAGEN_EDU_PROFILE is an error for every command, not only train
         threads = getattr(args, "threads", None)
         if threads is not None:

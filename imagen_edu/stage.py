@@ -19,8 +19,6 @@ Derived in chapter 5 (``book/05_guidance.ipynb``, Section "Conditioning the U-Ne
 from __future__ import annotations
 
 import json
-import math
-import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from . import checkpoints
-from .arguments import MAX_SEED
+from .arguments import MAX_SEED, NumberTypeError, check_int, check_real  # re-exported: where stages check
 from .diffusion import (OBJECTIVES, SAMPLERS, SCHEDULES, GaussianDiffusion, Generators, gaussian_noise,
                         random_uniform)
 from .guidance import GuidedDenoiser, masked_mean
@@ -42,62 +40,6 @@ __all__ = ["STAGES", "MAX_SEED", "NumberTypeError", "check_int", "check_real", "
 
 #: the stage names of a cascade, in order: a base model and up to two super-resolution stages
 STAGES: tuple[str, ...] = ("base", "sr1", "sr2")
-
-
-# ---------------------------------------------------------------------------------------------
-# Checked numbers: every number that enters a stage (config, sampling) is checked where it enters
-# ---------------------------------------------------------------------------------------------
-class NumberTypeError(TypeError, ValueError):
-    """A value that is not a number of the right kind (a float or a bool where an int belongs, a str, ...).
-
-    Both a ``TypeError`` (what it is) and a ``ValueError`` (so that a config read back from a
-    checkpoint fails with a ``ValueError``, as every other nonsense value does).
-    """
-
-
-def _range_text(low, high, low_open: bool = False, high_open: bool = False) -> str:
-    if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {low}"
-    if high is not None:
-        return f"{'<' if high_open else '<='} {high}"
-    return ""
-
-
-def check_int(v, name: str, *, low: int | None = None, high: int | None = None) -> int:
-    """``v`` as an ``int`` if it is an integer (not a bool, not a float: ``1.7`` is no seed) in ``[low, high]``.
-
-    A wrong type raises :class:`NumberTypeError`, a value out of range ``ValueError``; both name
-    ``name`` and say what was given and what is expected.
-    """
-    want = " ".join(("an int", _range_text(low, high))).strip()
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise NumberTypeError(f"{name} must be {want}, got {v!r} ({type(v).__name__})")
-    v = int(v)
-    if (low is not None and v < low) or (high is not None and v > high):
-        raise ValueError(f"{name} must be {want}, got {v}")
-    return v
-
-
-def check_real(v, name: str, *, low: float | None = None, high: float | None = None,
-               low_open: bool = False, high_open: bool = False) -> float:
-    """``v`` as a finite ``float`` in the range (``low``/``high``, open or closed), else an error naming ``name``.
-
-    ``inf`` and ``nan`` are refused (``ValueError``), as is a bool or a non-number
-    (:class:`NumberTypeError`).
-    """
-    want = " ".join(("a finite number", _range_text(low, high, low_open, high_open))).strip()
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise NumberTypeError(f"{name} must be {want}, got {v!r} ({type(v).__name__})")
-    try:
-        x = float(v)
-    except OverflowError:
-        x = math.inf
-    if not math.isfinite(x) or (low is not None and (x <= low if low_open else x < low)) or \
-            (high is not None and (x >= high if high_open else x > high)):
-        raise ValueError(f"{name} must be {want}, got {v!r}")
-    return x
 
 
 #: StageConfig's int fields and their ranges ``[low, high]`` (``None``: unbounded)

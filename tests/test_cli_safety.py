@@ -278,3 +278,43 @@ def test_an_unexpected_error_says_it_is_a_bug_and_where_to_report(cascade_dir, c
     assert "Traceback" not in err and "bug" in err and "Reporting a problem" in err
     assert len(err.strip().splitlines()) == 1
 
+
+
+# ---------------------------------------------------------------------------------------------
+# every command: a bad value is one line and exit 2, before any work
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, names", [
+    (["train", "--stage", "base", "--steps", "-5"], ["--steps"]),
+    (["train", "--stage", "base", "--seed", "-1"], ["--seed"]),
+    (["train", "--stage", "base", "--seed", str(2 ** 63)], ["--seed"]),
+    (["train", "--stage", "base", "--set", "guidance=1e999"], ["guidance"]),
+    (["train", "--stage", "base", "--set", "guidance=nan"], ["guidance"]),
+    (["train", "--stage", "base", "--set", "seed=1.7"], ["seed"]),
+    (["train", "--stage", "base", "--set", "lr=0"], ["lr"]),
+    (["train", "--stage", "base", "--set", "batch_size=0"], ["batch_size"]),
+    (["train", "--stage", "base", "--threads", "0"], ["--threads"]),
+    (["train", "--stage", "base", "--steps", "abc"], ["--steps", "abc"]),
+    (["train", "--stage", "sr9"], ["--stage", "sr9"]),
+    (["train", "--stage", "base", "--profile", "bogus"], ["bogus"]),
+    (["train", "--stage", "base", "--text-encoder", "nope"], ["nope"]),
+    (["train", "--stage", "base", "--data", "folder:/no/such/folder"], ["/no/such/folder"]),
+    (["eval", "--n", "0"], ["--n"]),
+    (["eval", "--guidance", "inf"], ["--guidance"]),
+    (["eval", "--batch-size", "-2"], ["--batch-size"]),
+    (["bench", "--train-steps", "0"], ["--train-steps"]),
+    (["embed", "--encoder", "lm", "--captions", "/no/such/file.txt"], ["/no/such/file.txt"]),
+    (["embed", "--encoder", "lm", "--batch-size", "0", "--captions", "x"], ["--batch-size"]),
+])
+def test_every_command_bad_values_one_line(tmp_path, capsys, monkeypatch, argv, names):
+    from imagen_edu import stage_training
+
+    monkeypatch.setattr(stage_training, "_train_stage", lambda *a, **k: pytest.fail("trained before the check"))
+    monkeypatch.setattr(cli, "evaluate_cascade", lambda *a, **k: pytest.fail("evaluated before the check"))
+    monkeypatch.setattr(cli, "bench_stage", lambda *a, **k: pytest.fail("benchmarked before the check"))
+    monkeypatch.setenv("IMAGEN_EDU_PROFILE", "ci")
+    if argv[0] in ("train", "embed"):
+        argv = [*argv, "--out", str(tmp_path / "o")]
+        if argv[0] == "train" and "--profile" not in argv:
+            argv += ["--profile", "ci"]
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, *names)
