@@ -427,14 +427,15 @@ def _sample(args) -> int:
         elif args.overwrite is False and any(out.glob("*_*.png")):
             raise UsageError(f"{out} holds PNG files that no 'sample' run recorded ({SAMPLE_RECORD} is missing): pass "
                              "--overwrite to replace them, or choose another --out")
-        if target == out:
-            atomic_write_text(record, json.dumps(settings, indent=1) + "\n")
         name = lambda line, k: f"{line}_{k}.png"  # noqa: E731
         skip = (lambda line, k: (out / name(line, k)).is_file()) if target == out else None
+        # checks every sampling number against the stages (e.g. steps <= timesteps) before anything is written
+        batches = cascade.sample_batches(prompts, n=args.n, guidance=args.guidance, steps=args.steps, seed=args.seed,
+                                         batch_size=args.batch_size, threshold=args.threshold, skip=skip)
+        if target == out:
+            atomic_write_text(record, json.dumps(settings, indent=1) + "\n")
         written = 0
-        for keys, images in cascade.sample_batches(prompts, n=args.n, guidance=args.guidance, steps=args.steps,
-                                                   seed=args.seed, batch_size=args.batch_size,
-                                                   threshold=args.threshold, skip=skip):
+        for keys, images in batches:
             for (line, k), img in zip(keys, images):  # each batch is on disk before the next starts
                 save_png(img, target / name(line, k))
                 written += 1
