@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -216,7 +218,38 @@ def build_cache(encoder, captions: Sequence[str], path, batch_size: int = 64, *,
     path = Path(path)
     if (path / "meta.json").exists() and not overwrite:
         raise ValueError(f"{path} already holds an embedding cache: pass overwrite=True (--overwrite) to replace it")
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{path} is an existing file, not a folder: choose a folder for the cache")
+        others = sorted(set(os.listdir(path)) - set(CACHE_FILES))
+        if others:  # never replace a folder that holds anything but a cache
+            raise ValueError(f"{path} holds files that are not part of an embedding cache ({others[:3]}): "
+                             "choose a new or empty folder for the cache")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the new cache is written into a folder beside PATH and moved in only when complete, so an
+    # old cache there stays whole until its replacement exists (and a crash leaves it untouched)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    try:
+        _write_cache(encoder, unique, work, batch_size, dtype, progress)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(work, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, path)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return EmbeddingCache(path)
+
+
+#: the files of a cache folder (and the temporary names they are written under)
+CACHE_FILES = ("tokens.bin", "offsets.bin", "meta.json", "tokens.bin.tmp", "offsets.bin.tmp", "meta.json.tmp")
+
+
+def _write_cache(encoder, unique: list[str], path: Path, batch_size: int, dtype: str, progress: bool) -> None:
+    """Encode ``unique`` captions into the (new, empty) folder ``path``: tokens.bin, offsets.bin, meta.json."""
     D = int(encoder.dim)
     np_dtype = _DTYPES[dtype]
     tmp_tokens, tmp_offsets = path / "tokens.bin.tmp", path / "offsets.bin.tmp"
@@ -248,7 +281,6 @@ def build_cache(encoder, captions: Sequence[str], path, batch_size: int = 64, *,
     tmp_meta = path / "meta.json.tmp"
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, path / "meta.json")
-    return EmbeddingCache(path)
 
 
 class EmbeddingCache(CaptionCache):

@@ -322,3 +322,36 @@ def test_every_command_bad_values_one_line(tmp_path, capsys, monkeypatch, argv, 
             argv += ["--profile", "ci"]
     assert cli.main(argv) == 2
     _one_line_error(capsys, *names)
+
+
+def test_embed_overwrite_keeps_the_old_cache_until_the_new_one_is_complete(tmp_path, capsys, monkeypatch):
+    """embed --overwrite writes the new cache beside the old one and swaps it in whole; a crash while
+    encoding leaves the old cache loadable, and a folder holding other files is never replaced."""
+    from imagen_edu import embcache
+
+    caps = tmp_path / "caps.txt"
+    caps.write_text("a red circle\na blue square\n")
+    out = tmp_path / "cache"
+    argv = ["embed", "--encoder", "lm", "--captions", str(caps), "--out", str(out), "--dtype", "float32"]
+    assert cli.main(argv) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embcache, "_write_cache", crash)
+    assert cli.main([*argv, "--overwrite"]) == 130
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert len(embcache.EmbeddingCache(out)) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cache.")]
+    monkeypatch.undo()
+    caps.write_text("a red circle\na blue square\na green triangle\n")
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert len(embcache.EmbeddingCache(out)) == 3
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert cli.main(["embed", "--encoder", "lm", "--captions", str(caps), "--out", str(mine), "--overwrite"]) == 2
+    _one_line_error(capsys, "not part of an embedding cache")
+    assert (mine / "notes.txt").read_text() == "keep me"
