@@ -424,9 +424,11 @@ def _sample(args) -> int:
                                  "--overwrite to replace them, or choose another --out")
             if diff:  # write the new images beside the old ones, then move them in: nothing lost on a crash
                 target = Path(tempfile.mkdtemp(prefix=".sample-new.", dir=out))
-        elif args.overwrite is False and any(out.glob("*_*.png")):
-            raise UsageError(f"{out} holds PNG files that no 'sample' run recorded ({SAMPLE_RECORD} is missing): pass "
-                             "--overwrite to replace them, or choose another --out")
+        elif any(out.glob("*_*.png")):
+            if not args.overwrite:
+                raise UsageError(f"{out} holds PNG files that no 'sample' run recorded ({SAMPLE_RECORD} is missing): "
+                                 "pass --overwrite to replace them, or choose another --out")
+            target = Path(tempfile.mkdtemp(prefix=".sample-new.", dir=out))
         name = lambda line, k: f"{line}_{k}.png"  # noqa: E731
         skip = (lambda line, k: (out / name(line, k)).is_file()) if target == out else None
         # checks every sampling number against the stages (e.g. steps <= timesteps) before anything is written

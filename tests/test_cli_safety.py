@@ -250,6 +250,20 @@ def test_sample_refuses_to_mix_settings_and_overwrite_replaces(cascade_dir, tmp_
     assert not list(out.glob(".sample-new.*"))
 
 
+def test_sample_over_unrecorded_pngs_needs_overwrite_and_replaces_them(cascade_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "0_0.png").write_bytes(b"not made by sample")
+    argv = ["sample", "--prompt", "a red circle", "--n", "1", "--steps", "2", "--out", str(out), "--checkpoint-dir",
+            str(cascade_dir)]
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, "no 'sample' run recorded", "--overwrite")
+    assert (out / "0_0.png").read_bytes() == b"not made by sample"
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert (out / "0_0.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "sample.json").is_file() and not list(out.glob(".sample-new.*"))
+
+
 # ---------------------------------------------------------------------------------------------
 # eval: the output location is checked before the evaluation runs
 # ---------------------------------------------------------------------------------------------
