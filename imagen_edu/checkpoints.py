@@ -20,7 +20,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import safetensors.torch
@@ -29,6 +28,7 @@ from safetensors import safe_open
 
 from . import DATA_DIR, profiles
 from .arguments import ArgumentParser, check_seed, input_file, output_file
+from .outputs import atomic_write
 from .errors import run_cli
 
 __all__ = [
@@ -70,24 +70,6 @@ def manifest_path() -> Path:
     return checkpoint_dir() / "manifest.json"
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` for a temp file beside ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
-        with open(tmp, "rb") as f:  # on disk before the rename: a power cut never leaves an empty file
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # the old file stays whole until here
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
 # one file
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +104,7 @@ def save(path, state_dict: dict, metadata: dict | None = None) -> Path:
             raise TypeError(f"metadata[{k!r}] is not JSON-serialisable: {err}") from None
     meta = {META_KEY: json.dumps({"format": FORMAT, "metadata": metadata}, sort_keys=True)}
     path = Path(path)
-    _atomic_write_bytes(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=meta))
     return path
 
 
@@ -233,7 +215,7 @@ def write_manifest(manifest: dict, path=None) -> Path:
     """Write the manifest atomically, keys sorted, indented for readable diffs."""
     path = Path(path) if path is not None else manifest_path()
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 

@@ -73,13 +73,17 @@ def check_output_file(path, what: str = "--out", *, overwrite: bool = False) -> 
 
 
 def atomic_write(path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then move it onto ``path``."""
+    """Call ``write(tmp_path)`` for a temporary file beside ``path`` (its folder is created), then
+    move it onto ``path``: the old file stays whole until the new one is complete and on disk."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
+        with open(tmp, "rb") as f:  # on disk before the rename: a power cut never leaves an empty file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

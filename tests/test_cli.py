@@ -10,14 +10,6 @@ import torch
 from imagen_edu import checkpoints, cli
 
 
-@pytest.fixture(scope="module")
-def cascade_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli_cascade")
-    for stage in ("base", "sr1"):
-        assert cli.main(["train", "--stage", stage, "--profile", "ci", "--out", str(d)]) == 0
-    return d
-
-
 def test_train_writes_checkpoints_and_manifest(cascade_dir, capsys):
     man = checkpoints.read_manifest(cascade_dir / "manifest.json")
     assert {"imagen_base", "imagen_sr1"} <= set(man)

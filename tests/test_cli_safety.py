@@ -23,14 +23,6 @@ from imagen_edu.stage import load_stage
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def cascade_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("safety_cascade")
-    for stage in ("base", "sr1"):
-        assert cli.main(["train", "--stage", stage, "--profile", "ci", "--out", str(d)]) == 0
-    return d
-
-
 def _one_line_error(capsys, *names):
     """stderr is exactly one line, an error naming each of ``names``, with no traceback."""
     err = capsys.readouterr().err.strip()
