@@ -100,13 +100,15 @@ class FolderLock:
     """An exclusive, non-blocking lock on ``folder/.NAME.lock`` for as long as the block runs.
 
     A second process asking for the same lock gets a :class:`~imagen_edu.errors.UsageError`
-    naming the process that holds it; the lock is released when the block ends or the process
+    naming the process that holds it (with ``wait=True`` it waits its turn instead, for short
+    writes such as a manifest entry); the lock is released when the block ends or the process
     dies (POSIX ``flock``; a no-op where ``fcntl`` is missing).
     """
 
-    def __init__(self, folder, name: str, what: str = "this result"):
+    def __init__(self, folder, name: str, what: str = "this result", *, wait: bool = False):
         self.path = Path(folder) / f".{name}.lock"
         self.what = what
+        self.wait = wait
         self.f = None
 
     def __enter__(self):
@@ -115,7 +117,7 @@ class FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"

@@ -10,7 +10,7 @@ uninterrupted one would (:func:`check_resume` refuses a resume file of another c
 
 Files: ``OUT/imagen_STAGE.safetensors`` (:func:`stage_file`, the EMA weights that ship),
 ``OUT/imagen_STAGE.resume.safetensors`` and an ``imagen_STAGE`` entry in ``OUT/manifest.json``,
-written under a lock (:class:`manifest_lock`) because stages train side by side. One trainer at
+written under a lock (:func:`manifest_lock`) because stages train side by side. One trainer at
 a time may train one stage into one folder (:class:`~imagen_edu.outputs.FolderLock`), and a
 folder that holds a run of the stage is continued (``resume``) or replaced (``overwrite``) only
 when asked; a replaced run's files stay until the new run's own replace them.
@@ -34,11 +34,6 @@ from .errors import UsageError
 from .outputs import FolderLock, check_output_dir
 from .stage import ImagenStage, StageConfig, save_stage
 from .train import TrainConfig, Trainer
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no lock
-    fcntl = None
 
 __all__ = ["stage_file", "train_command", "manifest_lock", "StageLoss", "stage_batches",
            "check_resume", "check_stage_folder", "train_stage", "RESUME_FREE"]
@@ -105,25 +100,10 @@ def _check_pool(cfg: StageConfig, pool):
     return lows, highs.float(), list(caps)
 
 
-class manifest_lock:
-    """An exclusive lock on ``out_dir/.manifest.lock`` (POSIX ``fcntl``; a no-op where it is missing)."""
-
-    def __init__(self, out_dir):
-        self.path = Path(out_dir) / ".manifest.lock"
-        self.f = None
-
-    def __enter__(self):
-        if fcntl is None:  # pragma: no cover - Windows
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "w")
-        fcntl.flock(self.f, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.f is not None:
-            fcntl.flock(self.f, fcntl.LOCK_UN)
-            self.f.close()
+def manifest_lock(out_dir) -> FolderLock:
+    """An exclusive lock on ``out_dir/.manifest.lock`` that waits its turn (stages trained side by
+    side may finish together); a :class:`~imagen_edu.outputs.FolderLock` with ``wait=True``."""
+    return FolderLock(out_dir, "manifest", what="the manifest", wait=True)
 
 
 class StageLoss(nn.Module):
