@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
-import os
-import tempfile
 from pathlib import Path
 
 from .errors import UsageError
+from .outputs import probe_write
 
 __all__ = ["ArgumentParser", "MAX_SEED", "NumberTypeError", "check_int", "check_real", "check_count", "check_seed",
            "check_seconds", "input_file", "output_file"]
@@ -140,9 +139,7 @@ def output_file(path, name: str) -> Path:
         what = "is not a folder" if parent.exists() else "does not exist"
         raise ValueError(f"{name} {p}: its folder {parent} {what}; create it first")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
+        probe_write(parent, prefix=f".{p.name}.")
     except OSError as err:
         raise ValueError(f"{name} {p}: cannot write in {parent} ({err.strerror})") from None
-    os.close(fd)
-    os.unlink(probe)
     return p

@@ -26,17 +26,25 @@ try:
 except ImportError:  # pragma: no cover - Windows: no lock
     fcntl = None
 
-__all__ = ["check_output_dir", "check_output_file", "atomic_write", "atomic_write_text", "FolderLock"]
+__all__ = ["check_output_dir", "check_output_file", "probe_write", "atomic_write", "atomic_write_text", "FolderLock"]
+
+
+def probe_write(folder, prefix: str = ".write-test.") -> None:
+    """Create and remove an empty temporary file in ``folder``; raises ``OSError`` if it cannot.
+
+    Unlike ``os.access`` this also catches read-only mounts, and it answers truly for root.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _probe_write(folder: Path, what: str) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        probe_write(folder)
     except OSError as err:
         raise UsageError(f"{what} {folder} is not writable ({err.strerror or err}): choose a folder you can "
                          "write to") from None
-    os.close(fd)
-    os.unlink(tmp)
 
 
 def check_output_dir(path, what: str = "--out") -> Path:
