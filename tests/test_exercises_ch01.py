@@ -111,3 +111,18 @@ def test_positions_failures():
 def test_split_heads_failures():
     fails(ch01.check_split_heads(lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1), verbose=False), "plain reshape")
     fails(ch01.check_split_heads(lambda x, h: rearrange(x, "b t (d h) -> b h t d", h=h), verbose=False), "head j")
+
+
+def test_an_unanswered_exercise_says_not_attempted_yet(capsys):
+    """The page's stub (``raise NotImplementedError``) is reported as not attempted, not as a failure."""
+    from imagen_edu.exercises import ch01
+
+    def stub(s):
+        raise NotImplementedError
+
+    res = ch01.check_softmax(stub)
+    out = capsys.readouterr().out
+    assert not res and not res.attempted and res.verdict == "NOT ATTEMPTED YET"
+    assert out.startswith("NOT ATTEMPTED YET: softmax") and "FAIL" not in out
+    wrong = ch01.check_softmax(lambda s: s)
+    assert not wrong and wrong.attempted and wrong.verdict == "FAIL"

@@ -15,28 +15,43 @@ from dataclasses import dataclass
 
 @dataclass
 class Result:
-    """The outcome of one exercise check."""
+    """The outcome of one exercise check: passed, failed, or not attempted yet.
+
+    An exercise whose function still raises ``NotImplementedError`` (the stub the page gives)
+    is *not attempted*: falsy like a failure, but reported as ``NOT ATTEMPTED YET`` so that an
+    unanswered exercise never reads as a mistake (and never stops the notebook).
+    """
 
     name: str
     passed: bool
     message: str
+    attempted: bool = True
 
     def __bool__(self) -> bool:
         return self.passed
 
+    @property
+    def verdict(self) -> str:
+        """``"PASS"``, ``"FAIL"`` or ``"NOT ATTEMPTED YET"``."""
+        return "PASS" if self.passed else ("FAIL" if self.attempted else "NOT ATTEMPTED YET")
+
     def __repr__(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'}: {self.name}: {self.message}"
+        return f"{self.verdict}: {self.name}: {self.message}"
 
 
 def run_check(name: str, fn, hint: str, *, verbose: bool = True) -> Result:
     """Run ``fn()`` (which raises ``AssertionError`` with a message on failure) as a check.
 
     Any other exception from the reader's code also fails the check, with its type and text,
-    so a typo in an exercise gives a verdict rather than a traceback.
+    so a typo in an exercise gives a verdict rather than a traceback; ``NotImplementedError``
+    (the stub) gives "not attempted yet".
     """
     try:
         fn()
         res = Result(name, True, "well done")
+    except NotImplementedError:  # the page's stub: nothing written yet
+        res = Result(name, False, "not attempted yet: replace the `raise NotImplementedError` "
+                     "with your code and run the cell again", attempted=False)
     except AssertionError as err:
         res = Result(name, False, f"{err} -- hint: {hint}")
     except Exception as err:  # the reader's code crashed
