@@ -9,7 +9,8 @@ Derived in chapter 2 (``book/02_language_model.ipynb``):
 * Eq. (ch2-eq-ppl), perplexity ``exp(mean NLL per token)`` (:func:`perplexity`);
 * Eq. (ch2-eq-bigram), the count-based bigram model (:class:`BigramLM`), the baseline;
 * the GPT-style Transformer LM (:class:`GPTLM`) built from chapter 1's blocks with a causal mask
-  (Radford et al. 2019);
+  (Radford et al. 2019); the recurrent LM of Eq. (ch2-eq-rnn) lives in :mod:`imagen_edu.rnn`
+  and shares this module's loss, perplexity, sampling and training (:func:`train_model`);
 * sampling with temperature, top-k and top-p (Eq. ch2-eq-temperature, :func:`filter_logits`,
   :func:`sample`), and the share of samples that parse in the grammar (:func:`grammar_rate`).
 
@@ -41,6 +42,7 @@ from .tokenizer import WordTokenizer, default_tokenizer
 from .train import train_small
 
 __all__ = [
+    "check_ids",
     "LMConfig",
     "GPTLM",
     "BigramLM",
@@ -53,6 +55,7 @@ __all__ = [
     "grammar_rate",
     "train",
     "TrainResult",
+    "train_model",
     "train_lm",
     "evaluate",
     "save_model",
@@ -63,6 +66,28 @@ __all__ = [
 
 #: manifest name of the shipped chapter-2 model
 SHIPPED_NAME = "lm"
+
+
+# ---------------------------------------------------------------------------------------------
+# the input check shared by the chapter's models
+# ---------------------------------------------------------------------------------------------
+def check_ids(ids: torch.Tensor, mask: torch.Tensor | None, vocab_size: int, max_len: int | None = None):
+    """Raise a clear error unless ``ids`` is a ``(B, T)`` long tensor of ids in ``[0, vocab_size)``
+    (at most ``max_len`` long, if given) and ``mask`` is ``None`` or a bool tensor of its shape.
+
+    The input check of every chapter-2 model (:class:`GPTLM`, :class:`imagen_edu.rnn.RNNLM`).
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.dim() != 2:
+        raise TypeError(f"ids must be a (B, T) torch.long tensor, got "
+                        f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}")
+    if max_len is not None and ids.shape[1] > max_len:
+        raise ValueError(f"sequence of {ids.shape[1]} tokens is longer than max_len={max_len}")
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}), got "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    if mask is not None and (mask.dtype != torch.bool or mask.shape != ids.shape):
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(ids.shape)}, got "
+                         f"{mask.dtype} {tuple(mask.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,26 +146,13 @@ class GPTLM(nn.Module):
                                        mlp_mult=config.mlp_mult, dropout=config.dropout)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
-    def _check_ids(self, ids: torch.Tensor, mask: torch.Tensor | None):
-        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.dim() != 2:
-            raise TypeError(f"ids must be a (B, T) torch.long tensor, got "
-                            f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}")
-        if ids.shape[1] > self.config.max_len:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens is longer than max_len={self.config.max_len}")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
-        if mask is not None and (mask.dtype != torch.bool or mask.shape != ids.shape):
-            raise ValueError(f"mask must be a bool tensor of shape {tuple(ids.shape)}, got "
-                             f"{mask.dtype} {tuple(mask.shape)}")
-
     def hidden(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states ``(B, T, d_model)`` (after the final LayerNorm).
 
         ``mask (B, T)`` bool marks real tokens; padding keys are never attended to (with right
         padding the causal mask already guarantees this for real tokens).
         """
-        self._check_ids(ids, mask)
+        check_ids(ids, mask, self.config.vocab_size, self.config.max_len)
         x = self.pos(self.tok_emb(ids))                    # (B, T, D)
         return self.transformer(x, causal=True, key_mask=mask)
 
@@ -203,6 +215,13 @@ class BigramLM(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # likelihood: Eq. (ch2-eq-nll) and (ch2-eq-ppl)
 # ---------------------------------------------------------------------------------------------
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model with neither)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def token_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-token negative log-likelihood with teacher forcing, ``(B, T-1)``.
 
@@ -239,7 +258,7 @@ def perplexity(model: nn.Module, tok: WordTokenizer, texts, batch_size: int = 51
         raise ValueError("perplexity needs at least one text")
     was_training = model.training
     model.eval()
-    device = next(iter(model.buffers() if isinstance(model, BigramLM) else model.parameters())).device
+    device = _device_of(model)
     total, count = 0.0, 0
     with torch_threads(1, device):
         for i in range(0, len(texts), batch_size):
@@ -298,12 +317,6 @@ def sample_next(logits: torch.Tensor, generator: torch.Generator | None = None, 
     filtered = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = torch.softmax(filtered, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -402,30 +415,45 @@ def train(model: nn.Module, tok: WordTokenizer, texts, *, steps: int, batch_size
 
 @dataclass
 class TrainResult:
-    """What :func:`train_lm` returns."""
+    """What :func:`train_lm` (and :func:`imagen_edu.rnn.train_rnn`) return."""
 
-    model: GPTLM
+    model: nn.Module
     tokenizer: WordTokenizer
     losses: list[float]
     seconds: float
     settings: dict = field(default_factory=dict)
 
 
-def train_lm(settings=None, seed: int = 0, device: str | None = None, progress: bool = True) -> TrainResult:
-    """Build a :class:`GPTLM` with the sizes of ``settings`` (an ``LMSettings``; default: the
-    active profile's) and train it on the ``train`` caption split. Seeds torch for the init."""
+def train_model(build, settings=None, seed: int = 0, device: str | None = None, progress: bool = True,
+                texts=None) -> TrainResult:
+    """Build a model with ``build(tokenizer, settings)`` and train it with :func:`train` at the budget
+    of ``settings`` (an ``LMSettings``; default: the active profile's): ``max_steps`` steps of
+    ``batch_size`` captions at learning rate ``lr``, on ``texts`` (default: the ``train`` caption
+    split). Seeds torch with ``seed`` for the init. The one training entry of every chapter-2
+    model, so that they are compared at the same budget."""
     prof = profiles.current()
     s = settings if settings is not None else prof.lm
     device = device or prof.device
     tok = default_tokenizer()
     torch.manual_seed(seed)
-    cfg = LMConfig(vocab_size=tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers)
-    model = GPTLM(cfg).to(device)
+    model = build(tok, s).to(device)
+    texts = caption_corpus("train") if texts is None else list(texts)
     t0 = time.perf_counter()
-    losses = train(model, tok, caption_corpus("train"), steps=s.max_steps, batch_size=s.batch_size,
-                   lr=s.lr, seed=seed, progress=progress)
+    losses = train(model, tok, texts, steps=s.max_steps, batch_size=s.batch_size, lr=s.lr, seed=seed,
+                   progress=progress)
     seconds = time.perf_counter() - t0
     return TrainResult(model, tok, losses, seconds, asdict(s))
+
+
+def train_lm(settings=None, seed: int = 0, device: str | None = None, progress: bool = True,
+             texts=None) -> TrainResult:
+    """Build a :class:`GPTLM` with the sizes of ``settings`` (an ``LMSettings``; default: the
+    active profile's) and train it on ``texts`` (default: the ``train`` caption split) with
+    :func:`train_model`."""
+    def build(tok, s):
+        return GPTLM(LMConfig(vocab_size=tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers))
+
+    return train_model(build, settings, seed=seed, device=device, progress=progress, texts=texts)
 
 
 # ---------------------------------------------------------------------------------------------
