@@ -4,7 +4,9 @@ Derived in chapter 4 (``book/04_clip.ipynb``), following Radford et al. (2021), 
 Transferable Visual Models From Natural Language Supervision", and van den Oord et al. (2018)
 for the InfoNCE loss:
 
-* an **image encoder** and a **text encoder** map a batch of ``B`` (image, caption) pairs to
+* an **image encoder** (a small CNN, :class:`ImageEncoder`, or a Vision Transformer,
+  :class:`imagen_edu.vit.VisionTransformer`, chosen by ``CLIPConfig.image_tower``) and a
+  **text encoder** map a batch of ``B`` (image, caption) pairs to
   vectors, which linear **projection heads** bring into one shared embedding space;
 * the embeddings are L2-normalised, so ``u_i . v_j`` is the cosine similarity;
 * the logits are ``s * U V^T`` with a learned **logit scale** ``s = exp(t) = 1 / tau``
@@ -41,6 +43,7 @@ from .data.captions import mirror_caption
 from .data.shapes import make_batch
 from .tokenizer import WordTokenizer, default_tokenizer
 from .train import train_small
+from .vit import VisionTransformer
 
 __all__ = [
     "SHIPPED_NAME",
@@ -48,12 +51,14 @@ __all__ = [
     "MAX_LOG_LOGIT_SCALE",
     "clip_logits",
     "clip_loss",
+    "IMAGE_TOWERS",
     "CLIPConfig",
     "ImageEncoder",
     "TextEncoder",
     "CLIPModel",
     "flip_caption",
     "train",
+    "tower_config",
     "train_clip",
     "TrainResult",
     "save_model",
@@ -67,6 +72,9 @@ SHIPPED_NAME = "clip"
 INIT_LOGIT_SCALE: float = math.log(1 / 0.07)
 #: the log logit scale is clamped here: log(100), i.e. the logit scale never exceeds 100 (tau >= 0.01)
 MAX_LOG_LOGIT_SCALE: float = math.log(100.0)
+#: the image towers :class:`CLIPConfig` can build: the CNN of :class:`ImageEncoder` or the ViT of
+#: :class:`imagen_edu.vit.VisionTransformer`
+IMAGE_TOWERS = ("cnn", "vit")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,13 +151,20 @@ class CLIPConfig:
 
     Args:
         vocab_size: tokenizer vocabulary size (19 for the shapes grammar).
-        image_size: side of the (square) input images; a multiple of 8 (three stride-2 convs).
-        width: channels of the CNN's last stage and ``d_model`` of the text Transformer.
+        image_size: side of the (square) input images; a multiple of 8 (three stride-2 convs) for the
+            CNN, a multiple of ``patch_size`` for the ViT.
+        width: channels of the CNN's last stage (or ``d_model`` of the ViT) and ``d_model`` of the
+            text Transformer.
         embed_dim: width of the shared embedding space (after the projection heads).
         text_layers, text_heads: the text Transformer (chapter 1's blocks).
         max_len: longest token sequence (``<bos>`` + 9 words + ``<eos>`` = 11 for the grammar).
         init_logit_scale: initial stored log-scale ``t`` (``log(1/0.07)``).
         max_log_logit_scale: clamp on ``t`` (``log(100)``).
+        image_tower: ``"cnn"`` (:class:`ImageEncoder`) or ``"vit"``
+            (:class:`imagen_edu.vit.VisionTransformer`); the rest of the model and its training
+            are the same.
+        patch_size, vision_layers, vision_heads: the ViT's patch side and Transformer (unused by
+            the CNN).
     """
 
     vocab_size: int
@@ -161,15 +176,29 @@ class CLIPConfig:
     max_len: int = 16
     init_logit_scale: float = INIT_LOGIT_SCALE
     max_log_logit_scale: float = MAX_LOG_LOGIT_SCALE
+    image_tower: str = "cnn"
+    patch_size: int = 4
+    vision_layers: int = 2
+    vision_heads: int = 4
 
     def __post_init__(self):
-        for name in ("vocab_size", "image_size", "width", "embed_dim", "text_layers", "text_heads", "max_len"):
+        for name in ("vocab_size", "image_size", "width", "embed_dim", "text_layers", "text_heads", "max_len",
+                     "patch_size", "vision_layers", "vision_heads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"CLIPConfig.{name} must be a positive int, got {v!r}")
-        if self.image_size % 8:
+        if self.image_tower not in IMAGE_TOWERS:
+            raise ValueError(f"CLIPConfig.image_tower must be one of {IMAGE_TOWERS}, got {self.image_tower!r}")
+        if self.image_tower == "cnn" and self.image_size % 8:
             raise ValueError(f"CLIPConfig.image_size must be a multiple of 8 (the CNN halves it three times), "
                              f"got {self.image_size}")
+        if self.image_tower == "vit":
+            if self.image_size % self.patch_size:
+                raise ValueError(f"CLIPConfig.image_size={self.image_size} must be a multiple of "
+                                 f"patch_size={self.patch_size} (the ViT cuts the image into patches)")
+            if self.width % self.vision_heads:
+                raise ValueError(f"CLIPConfig.width={self.width} must be a multiple of "
+                                 f"vision_heads={self.vision_heads}")
         if self.width % 4 or self.width % self.text_heads:
             raise ValueError(f"CLIPConfig.width={self.width} must be a multiple of 4 and of "
                              f"text_heads={self.text_heads}")
@@ -243,7 +272,7 @@ class TextEncoder(nn.Module):
 
 
 class CLIPModel(nn.Module):
-    """Image encoder + text encoder + projection heads + learned log logit scale.
+    """Image encoder (CNN or ViT) + text encoder + projection heads + learned log logit scale.
 
     ``encode_image(images) -> (B, E)``, ``encode_text(captions or ids, mask) -> (B, E)``
     (L2-normalised by default), ``forward(images, captions) -> logits_per_image (B, B)``,
@@ -261,7 +290,11 @@ class CLIPModel(nn.Module):
             raise ValueError(f"tokenizer has {self.tokenizer.vocab_size} tokens but config.vocab_size is "
                              f"{config.vocab_size}")
         c = config
-        self.image_encoder = ImageEncoder(c.image_size, c.width)
+        if c.image_tower == "vit":   # chapter 4, "Two image towers": patches, class token, chapter 1's blocks
+            self.image_encoder = VisionTransformer(c.image_size, c.patch_size, c.width, c.vision_layers,
+                                                   c.vision_heads)
+        else:
+            self.image_encoder = ImageEncoder(c.image_size, c.width)
         self.text_encoder = TextEncoder(c.vocab_size, c.width, c.text_layers, c.text_heads, c.max_len)
         # projection heads into the shared space (linear, no bias, as in CLIP)
         self.image_proj = nn.Linear(c.width, c.embed_dim, bias=False)
@@ -419,9 +452,26 @@ class TrainResult:
     settings: dict = field(default_factory=dict)
 
 
-def train_clip(settings=None, seed: int = 0, device: str | None = None, progress: bool = True) -> TrainResult:
+def tower_config(settings, vocab_size: int, image_tower: str = "cnn", patch_size: int | None = None) -> CLIPConfig:
+    """The :class:`CLIPConfig` of a ``CLIPSettings`` with the chosen image tower.
+
+    The ViT gets the text Transformer's depth and heads (``vision_layers = text_layers``,
+    ``vision_heads = text_heads``) and, unless ``patch_size`` is given, patches of side
+    ``image_size / 8``: an 8 x 8 grid of tokens, the grid of the CNN's last feature map, so the two
+    towers see the image at the same granularity.
+    """
+    s = settings
+    return CLIPConfig(vocab_size=vocab_size, image_size=s.image_size, width=s.width, embed_dim=s.embed_dim,
+                      text_layers=s.text_layers, text_heads=s.text_heads, image_tower=image_tower,
+                      patch_size=patch_size if patch_size is not None else max(1, s.image_size // 8),
+                      vision_layers=s.text_layers, vision_heads=s.text_heads)
+
+
+def train_clip(settings=None, seed: int = 0, device: str | None = None, progress: bool = True,
+               image_tower: str = "cnn", patch_size: int | None = None) -> TrainResult:
     """Build a :class:`CLIPModel` with the sizes of ``settings`` (a ``CLIPSettings``; default: the
-    active profile's), render ``settings.n_train_images`` scenes of the ``train`` split and train
+    active profile's) and the image tower ``image_tower`` (``"cnn"`` or ``"vit"``, see
+    :func:`tower_config`), render ``settings.n_train_images`` scenes of the ``train`` split and train
     on them. ``seconds`` counts rendering and training. Seeds torch for the initialisation."""
     prof = profiles.current()
     s = settings if settings is not None else prof.clip
@@ -429,14 +479,14 @@ def train_clip(settings=None, seed: int = 0, device: str | None = None, progress
     t0 = time.perf_counter()
     tok = default_tokenizer()
     torch.manual_seed(seed)
-    cfg = CLIPConfig(vocab_size=tok.vocab_size, image_size=s.image_size, width=s.width, embed_dim=s.embed_dim,
-                     text_layers=s.text_layers, text_heads=s.text_heads)
+    cfg = tower_config(s, tok.vocab_size, image_tower, patch_size)
     model = CLIPModel(cfg, tok).to(device)
     images, caps = make_batch(s.n_train_images, "train", s.image_size, seed=seed,
                               two_object_fraction=s.two_object_fraction)
     losses = train(model, images, caps, steps=s.steps, batch_size=s.batch_size, lr=s.lr, seed=seed,
                    progress=progress, max_seconds=s.max_seconds)
-    return TrainResult(model, losses, time.perf_counter() - t0, asdict(s))
+    return TrainResult(model, losses, time.perf_counter() - t0,
+                       {**asdict(s), "image_tower": image_tower, "patch_size": cfg.patch_size})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import sys
 import torch
 
 from . import checkpoints
-from .clip import SHIPPED_NAME, CLIPModel, load_model, load_shipped, save_model, train_clip
+from .clip import IMAGE_TOWERS, SHIPPED_NAME, CLIPModel, load_model, load_shipped, save_model, train_clip
 from .data.captions import RELATIONS, all_objects, make_caption, parse_caption
 from .data.shapes import make_batch
 
@@ -37,6 +37,9 @@ __all__ = [
     "relation_probe",
     "eval_data",
     "evaluate",
+    "TOWER_METRICS",
+    "tower_row",
+    "compare_towers",
     "clip_score",
     "rerank",
     "main",
@@ -190,6 +193,36 @@ def evaluate(model: CLIPModel, n_zero_shot: int = 180, n_retrieval: int = 100) -
         out[f"swap_shapes_{split}"] = probe["swap_shapes"]
     out["logit_scale"] = float(model.logit_scale().detach())
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The two image towers at the same budget (chapter 4, "Two image towers")
+# ---------------------------------------------------------------------------------------------
+#: the figures of :func:`evaluate` the chapter compares the towers on
+TOWER_METRICS = ("zero_shot_test", "zero_shot_heldout", "r1_test", "r5_test", "r1_heldout",
+                 "relation_test", "swap_colours_test", "swap_shapes_test")
+
+
+def tower_row(settings, image_tower: str, seed: int = 0, progress: bool = False) -> dict:
+    """Train one image tower with :func:`imagen_edu.clip.train_clip` and measure it with :func:`evaluate`.
+
+    Both towers get the same ``settings`` (the same text tower, data, steps, batch and learning
+    rate): the budget is the number of steps, so ``settings.max_seconds`` should be ``None`` for a
+    fair row. Returns the :data:`TOWER_METRICS` and ``steps``, ``train_seconds``, ``final_loss``,
+    ``n_params`` (whole model) and ``image_params`` (the image tower alone).
+    """
+    res = train_clip(settings, seed=seed, device="cpu", progress=progress, image_tower=image_tower)
+    model = res.model.eval()
+    metrics = evaluate(model, n_zero_shot=settings.n_zero_shot, n_retrieval=settings.n_eval)
+    row = {k: metrics[k] for k in TOWER_METRICS}
+    row.update(steps=len(res.losses), train_seconds=round(res.seconds, 1), final_loss=round(res.losses[-1], 4),
+               n_params=model.num_params(), image_params=sum(p.numel() for p in model.image_encoder.parameters()))
+    return row
+
+
+def compare_towers(settings, towers=IMAGE_TOWERS, seed: int = 0, progress: bool = False) -> dict:
+    """``{tower: tower_row(settings, tower, seed)}`` for each image tower (``"cnn"``, ``"vit"``)."""
+    return {t: tower_row(settings, t, seed, progress) for t in towers}
 
 
 # ---------------------------------------------------------------------------------------------
