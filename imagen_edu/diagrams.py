@@ -40,6 +40,7 @@ from .attention import TransformerBlock
 from .clip import CLIPConfig, CLIPModel
 from .stage import StageConfig
 from .t5 import T5Config
+from .t5_pretraining import PretrainConfig
 from .tokenizer import default_tokenizer
 from .unet import ResBlock, UNet, UNetConfig
 
@@ -77,6 +78,11 @@ def labels(fig: Figure) -> list[str]:
         out += [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
         out += [ax.get_xlabel(), ax.get_ylabel()]
     return [s for s in out if s]
+
+
+def _n(count: int, word: str) -> str:
+    """``3 blocks``, ``1 block``."""
+    return f"{count} {word}{'s' * (count != 1)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +144,9 @@ def transformer_block(block: TransformerBlock | None = None) -> Diagram:
     hidden width and whether it has cross-attention. Each sub-layer sits on a branch off the
     residual stream, which runs straight from input to output (chapter 1, Eq. ch1-eq-prenorm).
     """
-    block = TransformerBlock(32, 4) if block is None else block
+    if block is None:
+        with torch.random.fork_rng(devices=[]):   # the global seed untouched
+            block = TransformerBlock(32, 4)
     if not isinstance(block, TransformerBlock):
         raise TypeError(f"block must be an imagen_edu.attention.TransformerBlock, got {type(block).__name__}")
     d, heads = block.attn.d_model, block.attn.n_heads
@@ -204,7 +212,7 @@ def attention_masks(tokens=None, query: int | None = None) -> Diagram:
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.2), gridspec_kw=dict(height_ratios=[3, 1]))
     for col, (name, m) in enumerate(masks.items()):
         ax = axes[0][col]
-        ax.imshow(m.numpy(), cmap="Greens", vmin=-0.25, vmax=1.0)
+        ax.imshow(m.numpy(), cmap="Greens", vmin=-0.25, vmax=1.5)
         ax.set_xticks(range(t), tokens, rotation=90)
         ax.set_yticks(range(t), tokens)
         ax.add_patch(plt.Rectangle((-0.5, query - 0.5), t, 1, fill=False, edgecolor="tab:red", lw=1.6))
@@ -252,15 +260,22 @@ def _stack_boxes(n: int) -> list[str]:
     return ["block 1", f"blocks 2-{n - 1}", f"block {n}"]
 
 
-def encoder_decoder(config: T5Config | None = None) -> Diagram:
+def encoder_decoder(config: T5Config | PretrainConfig | dict | None = None) -> Diagram:
     """T5's encoder-decoder (chapter 2b): the encoder's ``n_layers`` blocks (bidirectional
     self-attention, gated-GELU feed-forward), the decoder's ``n_decoder_layers`` blocks (causal
     self-attention, cross-attention to the encoder's final states, feed-forward), each stack
     ending in an RMSNorm. Imagen keeps only the encoder, frozen.
 
-    ``config`` defaults to ``T5Config(vocab_size=32)`` (the layer counts and widths are what is read).
+    ``config`` is a :class:`~imagen_edu.t5.T5Config`, a chapter-2b
+    :class:`~imagen_edu.t5_pretraining.PretrainConfig` (its ``model`` sizes) or a dict of
+    ``T5Config`` fields without ``vocab_size`` (which the picture does not show); default
+    ``T5Config``'s own sizes.
     """
-    c = T5Config(vocab_size=32) if config is None else config
+    if isinstance(config, PretrainConfig):
+        config = config.model
+    if config is None or isinstance(config, dict):
+        config = T5Config(**{"vocab_size": 32, **(config or {})})
+    c = config
     if not isinstance(c, T5Config):
         raise TypeError(f"config must be an imagen_edu.t5.T5Config, got {type(c).__name__}")
     enc, dec = _stack_boxes(c.n_layers), _stack_boxes(c.n_decoder_layers)
@@ -297,14 +312,14 @@ def encoder_decoder(config: T5Config | None = None) -> Diagram:
                text="keys, values" if i == 0 else None, text_at=0.5, offset=(0.0, 0.15), conn="arc3,rad=0.0")
     yd = y0 + len(dec) * (bh + gap) - gap + 0.25
     _arrow(ax, (dx + bw / 2, yd - 0.25), (dx + bw / 2, yd))
-    _box(ax, dx, yd, bw, 0.6, "final RMSNorm -> linear head: next-token logits", "io")
+    _box(ax, dx, yd, bw, 0.6, "final RMSNorm -> head: next-token logits", "io")
     ax.text(dx + bw / 2, yd + 0.95, f"decoder x {c.n_decoder_layers} (pretraining only)", ha="center",
             fontsize=9, color="#444444")
     ax.set_title(f"T5's encoder-decoder (width {c.d_model}, {c.n_heads} heads of {c.d_kv})", fontsize=10)
-    alt = (f"Diagram of T5's encoder-decoder: on the left the encoder, {c.n_layers} blocks of bidirectional "
+    alt = (f"Diagram of T5's encoder-decoder: on the left the encoder, {_n(c.n_layers, 'block')} of bidirectional "
            f"self-attention and gated-GELU feed-forward layers with RMSNorm, ending in the final states "
-           f"h_1..T (boxed as what Imagen keeps, frozen); on the right the decoder, {c.n_decoder_layers} "
-           f"blocks of causal self-attention, cross-attention and feed-forward, reading the shifted "
+           f"h_1..T (boxed as what Imagen keeps, frozen); on the right the decoder, "
+           f"{_n(c.n_decoder_layers, 'block')} of causal self-attention, cross-attention and feed-forward, reading the shifted "
            f"targets; dashed arrows carry the encoder's final states into every decoder block's "
            f"cross-attention as keys and values, and the decoder ends in next-token logits.")
     return Diagram(fig, alt)
@@ -440,7 +455,7 @@ def unet(config: UNetConfig | StageConfig, title: str | None = None) -> Diagram:
     lay = unet_layout(config)
     n = len(lay.levels)
     lh, lw, gap = 1.05, 2.6, 0.45
-    height = 2.6 + n * (lh + gap) + 1.2
+    height = 2.6 + n * (lh + gap) + 2.2
     width = 13.0
     fig, ax = _canvas(width, height, (11.0, 0.78 * height))
     xl, xr = 2.2, width - 2.2 - lw                      # down column, up column
@@ -498,7 +513,7 @@ def unet(config: UNetConfig | StageConfig, title: str | None = None) -> Diagram:
     if lay.text_tokens:
         _box(ax, width - 4.5, 0.15, 4.4, 0.86, "text tokens (T, D), LayerNorm\n-> keys, values of every\n"
                                                "cross-attn layer (green levels)", "cross", fontsize=7.5)
-    kinds = "green: + cross-attn, blue: + self-attn only, grey: ResBlocks only"
+    kinds = "green: + cross-attn, blue: + self-attn only, lilac: ResBlocks only"
     ax.text(width / 2, 0.05, kinds, ha="center", fontsize=7, color="#555555")
     what = "super-resolution" if lay.lowres else ("text-conditioned" if lay.text_tokens else "unconditional")
     ax.set_title(title or f"The {what} U-Net ({s} px)", fontsize=10)
@@ -550,6 +565,8 @@ def cascade(stages=None) -> Diagram:
     _arrow(ax, (1.45, 4.3), (1.45, 3.75))
     _box(ax, 0.15, 2.75, 2.6, 1.0, f"frozen text encoder\n{first.text_encoder}\ntokens (T, {first.text_dim})"
                                    f" + pooled", "frozen", fontsize=7.5)
+    ax.text(1.55, 2.3, "text tokens + pooled,\nto every stage", ha="left", va="center", fontsize=7,
+            color="tab:green")
     x = 3.3
     prev_out = None
     for i, st in enumerate(stages):
@@ -557,7 +574,7 @@ def cascade(stages=None) -> Diagram:
         if st.lowres_resolution is not None:
             lo = st.lowres_resolution
             _box(ax, x, 0.2, 2.9, 1.15, f"noise-conditioning augmentation\ntrain: level a ~ U[0, {st.aug_max_level:g}]"
-                                        f"\nsample: a = {st.aug_sample_level:g}\nz = sqrt(abar(a)) x + sqrt(1 - abar(a)) eps",
+                                        f"\nsample: a = {st.aug_sample_level:g}\nz = sqrt(abar) x + sqrt(1 - abar) eps",
                  "time", fontsize=7)
             _path(ax, [prev_out, (x - 0.35, prev_out[1]), (x - 0.35, 0.78), (x, 0.78)], text=f"{lo} px\nimage",
                   at=(x - 0.35, 1.9), ha="center", backgroundcolor="white")
@@ -567,10 +584,9 @@ def cascade(stages=None) -> Diagram:
             desc = f"super-resolution stage '{st.name}'\n{lo} -> {r} px\nU-Net {st.unet.channels} ch x {st.unet.channel_mults}"
         else:
             desc = f"base stage '{st.name}'\ntext -> {r} px\nU-Net {st.unet.channels} ch x {st.unet.channel_mults}"
-        _box(ax, x, 2.4, 2.9, 1.3, desc + f"\n{st.timesteps} steps, guidance w = {st.guidance:g}", "mlp", fontsize=7.5)
+        _box(ax, x, 2.4, 2.9, 1.3, desc + f"\nT = {st.timesteps}, guidance w = {st.guidance:g}", "mlp", fontsize=7.5)
         # the text reaches every stage
-        _arrow(ax, (2.75, 3.6), (x, 3.45), color="tab:green", ls="--", text="text" if i == 0 else None,
-               offset=(0.0, 0.15), conn="arc3,rad=-0.15" if i else None)
+        _path(ax, [(1.45, 2.75), (1.45, 2.05), (x + 0.4, 2.05), (x + 0.4, 2.4)], color="tab:green", ls="--")
         _arrow(ax, (x + 1.45, 3.7), (x + 1.45, 4.3))
         _box(ax, x + 0.45, 4.3, 2.0, 0.6, f"{r} x {r} px image", "image", fontsize=8)
         prev_out = (x + 2.45, 4.6)
@@ -614,8 +630,8 @@ def clip_towers(config: CLIPConfig | CLIPModel | None = None, batch_size: int = 
     and theirs, both are L2-normalised into the shared ``embed_dim`` space; the logits are
     ``s * u_i . v_j``. The diagonal holds the positives (image i with its own caption), every other
     cell a negative; the loss is the mean of the rows' and the columns' cross-entropies
-    (Eq. ch4-eq-infonce). ``config`` is a :class:`~imagen_edu.clip.CLIPConfig` (the model is built
-    on the ``meta`` device and read) or a built :class:`~imagen_edu.clip.CLIPModel`; default: the
+    (Eq. ch4-eq-infonce). ``config`` is a :class:`~imagen_edu.clip.CLIPConfig` (a model is built
+    from it and read) or a built :class:`~imagen_edu.clip.CLIPModel`; default: the
     current profile's CLIP sizes.
     """
     if config is None:
@@ -625,7 +641,7 @@ def clip_towers(config: CLIPConfig | CLIPModel | None = None, batch_size: int = 
     if isinstance(config, CLIPModel):
         model = config
     elif isinstance(config, CLIPConfig):
-        with torch.device("meta"):
+        with torch.random.fork_rng(devices=[]):   # a small model: built on the CPU, the global seed untouched
             model = CLIPModel(config)
     else:
         raise TypeError(f"config must be a CLIPConfig or CLIPModel, got {type(config).__name__}")
@@ -667,7 +683,7 @@ def clip_towers(config: CLIPConfig | CLIPModel | None = None, batch_size: int = 
     first = image_text.splitlines()[0].replace("image tower: ", "")
     alt = (f"Diagram of CLIP: on the left a batch of {b} images goes through the image tower ({first}) and a "
            f"linear projection to {c.embed_dim} dimensions, and the {b} captions go through the text tower (a "
-           f"Transformer of {len(getattr(model.text_encoder.transformer, 'blocks', ()))} blocks read at <eos>) "
+           f"Transformer of {_n(len(getattr(model.text_encoder.transformer, 'blocks', ())), 'block')} read at <eos>) "
            f"and their projection; both are L2-normalised. On the right the {b} x {b} similarity matrix, images "
            f"down and captions across, with the positives (each image with its own caption) on the dark "
            f"diagonal and the negatives elsewhere; the loss averages the cross-entropy of the rows and of the "
