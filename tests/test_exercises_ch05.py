@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from imagen_edu import imagen, viz, widgets
+from imagen_edu import exercises, imagen, viz, widgets
 from imagen_edu.exercises import ch05
 
 
@@ -70,3 +70,24 @@ def test_guidance_sweep_plot_and_widget_html():
     assert ax.get_title() == "t" and len(ax.texts) == 2
     html = widgets._images_html(torch.zeros(2, 3, 4, 4), ["a", "b"], scale=2)
     assert html.count("<img") == 2 and "image-rendering:pixelated" in html
+
+
+def test_every_reference_solution_passes_its_check():
+    """The appendix's claim for chapters 5a, 5b and 5c: each solution_X passes check_X (one per check)."""
+    passed = exercises.check_solutions(ch05)
+    checks = sorted(n for n in ch05.__all__ if n.startswith("check_"))
+    assert sorted("check_" + n[len("solution_"):] for n in passed) == checks
+    assert all(r.passed and r.attempted for r in passed.values())
+
+
+def test_the_pages_stub_says_not_attempted_yet(capsys):
+    """An unanswered exercise (the page's stub raises NotImplementedError) reads NOT ATTEMPTED YET,
+    falsy, never FAIL and never an exception that stops the notebook, for every chapter-5 check."""
+    def stub(*args, **kwargs):
+        raise NotImplementedError
+
+    for name in ch05.__all__:
+        res = getattr(ch05, name)(stub)
+        out = capsys.readouterr().out
+        assert not res and not res.attempted and res.verdict == "NOT ATTEMPTED YET", name
+        assert out.startswith("NOT ATTEMPTED YET") and "FAIL" not in out, name

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from imagen_edu import optim
+from imagen_edu import exercises, optim
 from imagen_edu.exercises import ch06
 
 
@@ -48,3 +48,24 @@ def test_mfu_solution_on_the_h200_measurement():
                      .read_text())["stages"]["paper/base64"]
     mfu = ch06.solution_mfu(rec["flops_per_step"], rec["step_seconds"], rec["peak_tflops"])
     assert math.isclose(mfu, rec["mfu"], abs_tol=5e-4)
+
+
+def test_every_reference_solution_passes_its_check():
+    """The appendix's claim for chapter 6: each solution_X passes check_X (one per check)."""
+    passed = exercises.check_solutions(ch06)
+    checks = sorted(n for n in dir(ch06) if n.startswith("check_"))
+    assert sorted("check_" + n[len("solution_"):] for n in passed) == checks
+    assert all(r.passed and r.attempted for r in passed.values())
+
+
+def test_the_pages_stub_says_not_attempted_yet(capsys):
+    """An unanswered exercise (the page's stub raises NotImplementedError) reads NOT ATTEMPTED YET,
+    falsy, never FAIL and never an exception that stops the notebook, for every chapter-6 check."""
+    def stub(*args, **kwargs):
+        raise NotImplementedError
+
+    for name in (n for n in dir(ch06) if n.startswith("check_")):
+        res = getattr(ch06, name)(stub)
+        out = capsys.readouterr().out
+        assert not res and not res.attempted and res.verdict == "NOT ATTEMPTED YET", name
+        assert out.startswith("NOT ATTEMPTED YET") and "FAIL" not in out, name

@@ -11,6 +11,7 @@ from imagen_edu import checkpoints, lm, profiles
 from imagen_edu.data.captions import caption_corpus, parse_caption
 from imagen_edu.exercises import ch02
 from imagen_edu.optim import lr_at
+from imagen_edu.rnn import RNNConfig, RNNLM
 from imagen_edu.tokenizer import default_tokenizer
 
 
@@ -289,3 +290,28 @@ def test_chapter2_exercise_checks_pass_right_and_fail_wrong_answers():
         lambda l, t, m: F.cross_entropy(l.flatten(0, 1), t.flatten()), verbose=False)
     assert not ch02.check_top_p(lambda logits, p: logits, verbose=False)
     assert not ch02.check_top_p(lambda logits, p: lm.filter_logits(logits, top_k=1), verbose=False)
+
+
+def test_rnn_step_check_passes_the_model_and_fails_wrong_answers():
+    """The check of Eq. (ch2-eq-rnn)'s step accepts the step of imagen_edu.rnn.RNNLM and rejects a
+    step without tanh, one with W_hh untransposed and one without the bias."""
+    def model_step(h, e, W_hh, W_he, b):
+        m = RNNLM(RNNConfig(vocab_size=4, d_embed=e.shape[1], d_hidden=h.shape[1]))
+        with torch.no_grad():
+            m.W_hh.weight.copy_(W_hh)
+            m.W_he.weight.copy_(W_he)
+            m.W_he.bias.copy_(b)
+        return torch.tanh(m.W_hh(h) + m.W_he(e))
+
+    assert ch02.check_rnn_step(model_step, verbose=False)
+    assert not ch02.check_rnn_step(lambda h, e, W_hh, W_he, b: h @ W_hh.T + e @ W_he.T + b, verbose=False)
+    assert not ch02.check_rnn_step(lambda h, e, W_hh, W_he, b: torch.tanh(h @ W_hh + e @ W_he.T + b),
+                                   verbose=False)
+    assert not ch02.check_rnn_step(lambda h, e, W_hh, W_he, b: torch.tanh(h @ W_hh.T + e @ W_he.T),
+                                   verbose=False)
+
+    def stub(h, e, W_hh, W_he, b):
+        raise NotImplementedError
+
+    res = ch02.check_rnn_step(stub, verbose=False)
+    assert not res and res.verdict == "NOT ATTEMPTED YET"

@@ -13,7 +13,7 @@ from ..data.captions import caption_corpus
 from ..lm import filter_logits
 from ..tokenizer import default_tokenizer
 
-__all__ = ["check_bigram_counts", "check_next_token_loss", "check_top_p"]
+__all__ = ["check_bigram_counts", "check_next_token_loss", "check_top_p", "check_rnn_step"]
 
 
 def check_bigram_counts(fn, verbose: bool = True) -> Result:
@@ -84,6 +84,37 @@ def check_top_p(fn, verbose: bool = True) -> Result:
                      "sum, keep a token while the mass *before* it is < p, then undo the sort", verbose=verbose)
 
 
+def check_rnn_step(fn, verbose: bool = True) -> Result:
+    """``fn(h_prev (B, H), e (B, E), W_hh (H, H), W_he (H, E), b (H,)) -> h (B, H)``: one step of
+    the Elman recurrence, ``h = tanh(W_hh h_prev + W_he e + b)`` for every row, Eq. (ch2-eq-rnn)."""
+
+    def check():
+        g = torch.Generator().manual_seed(2)
+        for b, e, h in ((1, 3, 3), (4, 5, 7), (2, 8, 2)):
+            cell = torch.nn.RNNCell(e, h, nonlinearity="tanh")          # torch's own Elman step
+            h_prev = torch.randn(b, h, generator=g)
+            x = torch.randn(b, e, generator=g) * 2
+            W_hh, W_he, bias = (torch.randn(h, h, generator=g), torch.randn(h, e, generator=g),
+                                torch.randn(h, generator=g))
+            with torch.no_grad():
+                cell.weight_hh.copy_(W_hh)
+                cell.weight_ih.copy_(W_he)
+                cell.bias_ih.copy_(bias)
+                cell.bias_hh.zero_()
+                want = cell(x, h_prev)
+            got = fn(h_prev, x, W_hh, W_he, bias)
+            assert isinstance(got, torch.Tensor), f"return a torch.Tensor, got {type(got).__name__}"
+            assert tuple(got.shape) == (b, h), f"expected shape (B, H) = {(b, h)}, got {tuple(got.shape)}"
+            err = float((got.detach() - want).abs().max())
+            assert err < 1e-5, f"for B={b}, E={e}, H={h} the largest error is {err:.3g}"
+        zero = torch.zeros(1, 2)
+        assert torch.equal(fn(zero, torch.zeros(1, 3), torch.eye(2), torch.ones(2, 3), torch.zeros(2)), zero), \
+            "with zero state, input and bias the new state must be 0"
+
+    return run_check("RNN step", check, "the rows are examples, so the matrix-vector product W h of every row is "
+                     "h @ W.T; then add the bias and apply tanh", verbose=verbose)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference solutions: the chapter's hidden solution cells and the appendix render these with
 # imagen_edu.viz.show_source, and each one passes the check of the same name.
@@ -116,3 +147,9 @@ def solution_top_p(logits, p: float) -> torch.Tensor:
     drop_sorted[..., 0] = False
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # undo the sort
     return logits.masked_fill(drop, float("-inf"))
+
+
+def solution_rnn_step(h_prev, e, W_hh, W_he, b) -> torch.Tensor:
+    """Eq. (ch2-eq-rnn) for a batch: with one example per row, ``W h`` for every row is
+    ``h @ W.T``; add the bias and squash with tanh, which keeps every state in (-1, 1)."""
+    return torch.tanh(h_prev @ W_hh.T + e @ W_he.T + b)
