@@ -26,6 +26,7 @@ the picture stays true when a config changes:
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -37,12 +38,13 @@ from matplotlib.patches import FancyBboxPatch
 
 from . import attention, configs, profiles
 from .attention import TransformerBlock
-from .clip import CLIPConfig, CLIPModel
+from .clip import CLIPConfig, CLIPModel, tower_config
 from .stage import StageConfig
 from .t5 import T5Config
 from .t5_pretraining import PretrainConfig
 from .tokenizer import default_tokenizer
 from .unet import ResBlock, UNet, UNetConfig
+from .vit import VisionTransformer
 
 __all__ = ["Diagram", "labels", "transformer_block", "attention_masks", "encoder_decoder", "UNetLevel",
            "UNetLayout", "unet_layout", "skip_scale", "unet", "cascade", "clip_towers"]
@@ -69,9 +71,7 @@ class Diagram(NamedTuple):
 
 def labels(fig: Figure) -> list[str]:
     """Every non-empty text written in ``fig``: boxes, arrows' labels, titles, tick labels."""
-    out = [t.get_text() for t in fig.texts]
-    if getattr(fig, "_suptitle", None) is not None:
-        out.append(fig._suptitle.get_text())
+    out = [t.get_text() for t in fig.texts] + [fig.get_suptitle()]
     for ax in fig.axes:
         out += [t.get_text() for t in ax.texts]
         out += [ax.get_title(loc) for loc in ("left", "center", "right")]
@@ -477,12 +477,12 @@ def unet(config: UNetConfig | StageConfig, title: str | None = None) -> Diagram:
     ym = top - n * (lh + gap) - 0.75
     mid_extra = " + ".join(s for s, on in (("self-attn", lay.middle_self_attention),
                                            ("cross-attn", lay.middle_cross_attention)) if on)
-    _box(ax, width / 2 - 1.6, ym, 3.2, 0.75, f"middle: {low}x{low} px, {lay.middle_width} ch\n2 ResBlocks"
+    _box(ax, width / 2 - 2.0, ym, 4.0, 0.75, f"middle: {low}x{low} px, {lay.middle_width} ch\n2 ResBlocks"
                                               + (f" + {mid_extra}" if mid_extra else ""),
          "cross" if lay.middle_cross_attention else "attn")
     y_last = top - (n - 1) * (lh + gap) - lh
-    _path(ax, [(xl + lw / 2, y_last), (xl + lw / 2, ym + 0.375), (width / 2 - 1.6, ym + 0.375)])
-    _path(ax, [(width / 2 + 1.6, ym + 0.375), (xr + lw / 2, ym + 0.375), (xr + lw / 2, y_last)])
+    _path(ax, [(xl + lw / 2, y_last), (xl + lw / 2, ym + 0.375), (width / 2 - 2.0, ym + 0.375)])
+    _path(ax, [(width / 2 + 2.0, ym + 0.375), (xr + lw / 2, ym + 0.375), (xr + lw / 2, y_last)])
 
     # input and output
     yin = top + 0.35
@@ -491,7 +491,7 @@ def unet(config: UNetConfig | StageConfig, title: str | None = None) -> Diagram:
     if lay.lowres:
         extra = lay.input_conv_channels - lay.in_channels
         in_text += f"\n+ low-res image ({extra} ch), upsampled\nto {s}x{s} and concatenated"
-    _box(ax, xl - 0.3, yin, lw + 0.6, 0.95 if lay.lowres else 0.55, in_text, "image" if lay.lowres else "io",
+    _box(ax, xl - 0.45, yin, lw + 0.9, 0.95 if lay.lowres else 0.55, in_text, "image" if lay.lowres else "io",
          fontsize=8)
     ax.text(xl + lw / 2, yin - 0.18, "input conv", ha="center", fontsize=7.5)
     _arrow(ax, (xl + lw / 2, yin), (xl + lw / 2, top))
@@ -499,7 +499,7 @@ def unet(config: UNetConfig | StageConfig, title: str | None = None) -> Diagram:
                 arrowprops=dict(arrowstyle="-|>", color="#333333", lw=1.1, shrinkA=0, shrinkB=0))
     _box(ax, xr - 0.3, yin, lw + 0.6, 0.55, f"output ({lay.out_channels} ch, {s}x{s})\nzero-initialised conv",
          "io", fontsize=8)
-    _arrow(ax, (xl + lw, yin + 0.25), (xr - 0.3, yin + 0.25), text=f"1 x {label} (input conv)", color="#6a51a3",
+    _arrow(ax, (xl + lw + 0.45, yin + 0.25), (xr - 0.3, yin + 0.25), text=f"1 x {label} (input conv)", color="#6a51a3",
            ls="--", offset=(0.0, 0.16))
 
     # the conditioning: time (and pooled text, and the augmentation level) into every ResBlock
@@ -508,10 +508,10 @@ def unet(config: UNetConfig | StageConfig, title: str | None = None) -> Diagram:
         emb.append("+ pooled text vector (masked mean) -> linear")
     if lay.lowres:
         emb.append("+ augmentation level -> sinusoids -> MLP")
-    _box(ax, 0.1, 0.15, 4.4, 0.3 + 0.28 * len(emb), "embedding, into every ResBlock:\n" + "\n".join(emb),
+    _box(ax, 0.1, 0.35, 4.4, 0.3 + 0.28 * len(emb), "embedding, into every ResBlock:\n" + "\n".join(emb),
          "time", fontsize=7.5)
     if lay.text_tokens:
-        _box(ax, width - 4.5, 0.15, 4.4, 0.86, "text tokens (T, D), LayerNorm\n-> keys, values of every\n"
+        _box(ax, width - 4.5, 0.35, 4.4, 0.86, "text tokens (T, D), LayerNorm\n-> keys, values of every\n"
                                                "cross-attn layer (green levels)", "cross", fontsize=7.5)
     kinds = "green: + cross-attn, blue: + self-attn only, lilac: ResBlocks only"
     ax.text(width / 2, 0.05, kinds, ha="center", fontsize=7, color="#555555")
@@ -611,12 +611,17 @@ def _tower_text(model: CLIPModel) -> tuple[str, str]:
     """What the picture writes in the image and text towers, read off the built model."""
     img, c = model.image_encoder, model.config
     convs = [m for m in img.modules() if isinstance(m, torch.nn.Conv2d)]
-    if convs and hasattr(img, "fc"):
+    if isinstance(img, VisionTransformer):
+        pe, blocks = img.patch_embed, img.transformer.blocks
+        image = (f"image tower: ViT\n{pe.num_patches} patches of {pe.patch_size}x{pe.patch_size} + class token\n"
+                 f"{_n(len(blocks), 'block')}, {blocks[0].attn.n_heads} heads, width {c.width}\nread at the class token")
+    elif convs and hasattr(img, "fc"):
         widths = " -> ".join(str(m.out_channels) for m in convs)
         image = (f"image tower: CNN\n{len(convs)} stride-2 convs ({widths} ch)\nflatten -> linear -> {c.width}")
     else:  # any other tower: its class name and the first line of its docstring
         doc = (type(img).__doc__ or "").strip().splitlines()
-        image = f"image tower: {type(img).__name__}\n{doc[0][:40] if doc else ''}\n-> {c.width}"
+        summary = textwrap.shorten(doc[0], 60, placeholder="...") if doc else ""
+        image = f"image tower: {type(img).__name__}\n" + "\n".join(textwrap.wrap(summary, 32)) + f"\n-> {c.width}"
     blocks = getattr(getattr(model.text_encoder, "transformer", None), "blocks", ())
     text = (f"text tower: Transformer\n{len(blocks)} block{'s' * (len(blocks) != 1)}, {c.text_heads} heads, "
             f"width {c.width}\nread at <eos>")
@@ -635,9 +640,7 @@ def clip_towers(config: CLIPConfig | CLIPModel | None = None, batch_size: int = 
     current profile's CLIP sizes.
     """
     if config is None:
-        s = profiles.current().clip
-        config = CLIPConfig(vocab_size=default_tokenizer().vocab_size, image_size=s.image_size, width=s.width,
-                            embed_dim=s.embed_dim, text_layers=s.text_layers, text_heads=s.text_heads)
+        config = tower_config(profiles.current().clip, default_tokenizer().vocab_size)
     if isinstance(config, CLIPModel):
         model = config
     elif isinstance(config, CLIPConfig):

@@ -226,6 +226,30 @@ def test_clip_towers_read_the_config():
     assert "image tower" in b.alt and "text tower" in b.alt and "L2-normalised" in b.alt
 
 
+def test_clip_vit_tower_reads_its_patches():
+    """Detail: the ViT tower (CLIPConfig(image_tower="vit")) is drawn as (R / P)^2 patches plus a
+    class token, its blocks and heads read off the built tower."""
+    cfg = CLIPConfig(vocab_size=19, image_size=16, width=32, embed_dim=16, image_tower="vit", patch_size=4,
+                     vision_layers=3, vision_heads=2)
+    d = diagrams.clip_towers(cfg)
+    text = text_of(d)
+    assert "image tower: ViT" in text and "16 patches of 4x4 + class token" in text
+    assert "3 blocks, 2 heads, width 32" in text and "ViT" in d.alt
+    assert "CNN" not in text
+
+
+def test_clip_any_other_tower_is_named():
+    """A tower the picture does not know is shown by its class name and docstring, not as a CNN."""
+
+    class PatchTower(torch.nn.Module):
+        """A stand-in tower."""
+
+    model = CLIPModel(CLIPConfig(vocab_size=19, image_size=16, width=16, embed_dim=8))
+    model.image_encoder = PatchTower()
+    text = text_of(diagrams.clip_towers(model))
+    assert "image tower: PatchTower" in text and "A stand-in tower." in text and "CNN" not in text
+
+
 # ---------------------------------------------------------------------------------------------
 # The pages
 # ---------------------------------------------------------------------------------------------
