@@ -209,9 +209,10 @@ class CLIPConfig:
 class ImageEncoder(nn.Module):
     """A small CNN: ``(B, 3, R, R)`` in [-1, 1] -> features ``(B, width)``.
 
-    Why a CNN and not a ViT: at 32 px with a few thousand training images, convolutions'
-    built-in locality and weight sharing learn colours and shapes in seconds on a CPU; a ViT
-    (chapter 1's blocks on patches) needs far more data and steps to learn the same priors.
+    The chapter's default tower: convolutions' built-in locality and weight sharing see colours and
+    edges from the first step. The ViT alternative (chapter 1's blocks on patches) is
+    :class:`imagen_edu.vit.VisionTransformer` (``CLIPConfig(image_tower="vit")``); chapter 4
+    compares the two at the same budget.
 
     Three stages of ``3x3 conv (stride 2) -> GroupNorm -> GELU``, each halving the resolution
     (the shapes are flat-coloured, so the first conv may already look at every other pixel), then the
@@ -457,8 +458,7 @@ def tower_config(settings, vocab_size: int, image_tower: str = "cnn", patch_size
 
     The ViT gets the text Transformer's depth and heads (``vision_layers = text_layers``,
     ``vision_heads = text_heads``) and, unless ``patch_size`` is given, patches of side
-    ``image_size / 8``: an 8 x 8 grid of tokens, the grid of the CNN's last feature map, so the two
-    towers see the image at the same granularity.
+    ``image_size / 8``: an 8 x 8 grid of 64 patch tokens at any resolution (4 x 4 pixels at 32 px).
     """
     s = settings
     return CLIPConfig(vocab_size=vocab_size, image_size=s.image_size, width=s.width, embed_dim=s.embed_dim,

@@ -54,7 +54,9 @@ class PatchEmbedding(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """The ViT image tower: ``(B, 3, R, R)`` in [-1, 1] -> the class token's final state ``(B, width)``.
+    """Patches, class token, Transformer blocks.
+
+    The ViT image tower: ``(B, 3, R, R)`` in [-1, 1] -> the class token's final state ``(B, width)``.
 
     ``z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos`` (Eq. 1 of Dosovitskiy et al.), ``n_layers``
     pre-norm blocks of chapter 1 (Eq. 2-3), the final LayerNorm (Eq. 4), read at token 0.

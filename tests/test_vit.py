@@ -11,6 +11,7 @@ from torch import nn
 from imagen_edu import clip, clip_eval, profiles
 from imagen_edu.attention import TransformerBlock
 from imagen_edu.data.shapes import make_batch
+from imagen_edu.exercises import ch04
 from imagen_edu.vit import PatchEmbedding, VisionTransformer
 
 
@@ -216,3 +217,13 @@ def test_compare_towers_measures_both_on_the_same_budget():
         assert set(clip_eval.TOWER_METRICS) <= set(row)
         assert all(0 <= row[k] <= 1 for k in clip_eval.TOWER_METRICS)
     assert rows["cnn"]["n_params"] - rows["cnn"]["image_params"] == rows["vit"]["n_params"] - rows["vit"]["image_params"]
+
+
+def test_patchify_exercise_passes_the_solution_and_fails_wrong_orders():
+    """The chapter-4 exercise on the ViT's patches (Eq. ch4-eq-vit, patch embedding): the check
+    accepts patches in raster order flattened channel first, and rejects a wrong flattening order."""
+    assert ch04.check_patchify(ch04.solution_patchify, verbose=False)
+    wrong = lambda x, p: x.unfold(2, p, p).unfold(3, p, p).reshape(x.shape[0], -1, x.shape[1] * p * p)  # noqa: E731
+    assert not ch04.check_patchify(wrong, verbose=False)
+    columns_first = lambda x, p: ch04.solution_patchify(x.transpose(2, 3), p)  # noqa: E731
+    assert not ch04.check_patchify(columns_first, verbose=False)

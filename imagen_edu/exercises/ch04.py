@@ -10,9 +10,10 @@ import math
 
 import torch
 
+from ..vit import PatchEmbedding
 from . import Result, run_check
 
-__all__ = ["check_clip_loss", "check_recall_at_k", "check_zero_shot"]
+__all__ = ["check_clip_loss", "check_recall_at_k", "check_zero_shot", "check_patchify"]
 
 
 def _loop_loss(u, v, s):
@@ -87,6 +88,32 @@ def check_zero_shot(fn, verbose: bool = True) -> Result:
                      verbose=verbose)
 
 
+def check_patchify(fn, verbose: bool = True) -> Result:
+    """``fn(images (B, C, R, R), P) -> (B, N, C P P)``: the ViT's flattened patches in raster order
+    (Eq. ch4-eq-vit). A linear map of them must give :class:`imagen_edu.vit.PatchEmbedding` (a conv
+    with kernel = stride = P)."""
+
+    def check():
+        g = torch.Generator().manual_seed(7)
+        for b, c, r, p in ((2, 3, 8, 4), (1, 3, 12, 3), (3, 2, 6, 1)):
+            x = torch.randn(b, c, r, r, generator=g, dtype=torch.float64)
+            got = fn(x, p)
+            n = (r // p) ** 2
+            assert isinstance(got, torch.Tensor) and tuple(got.shape) == (b, n, c * p * p), \
+                f"R={r}, P={p}: return (B, N, C*P*P) = {(b, n, c * p * p)}, got {tuple(getattr(got, 'shape', ()))}"
+            with torch.random.fork_rng(devices=[]):   # a fixed embedding; the reader's global seed untouched
+                torch.manual_seed(0)
+                pe = PatchEmbedding(r, p, 5, in_channels=c).double()
+            want = pe(x)                                                          # (B, N, 5)
+            lin = got @ pe.proj.weight.reshape(5, -1).T + pe.proj.bias
+            assert torch.allclose(lin, want, atol=1e-10), \
+                (f"R={r}, P={p}: your patches, times the conv's weight, do not give the conv's tokens: check "
+                 "the order of the patches (row by row) and of the numbers inside one (channel, row, column)")
+
+    return run_check("ViT patches", check, "reshape to (B, C, R/P, P, R/P, P), move the two grid axes to the "
+                     "front with permute(0, 2, 4, 1, 3, 5), then reshape to (B, N, C*P*P)", verbose=verbose)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference solutions: the chapter's hidden solution cells and the appendix render these with
 # imagen_edu.viz.show_source, and each one passes the check of the same name.
@@ -113,3 +140,12 @@ def solution_zero_shot(image_emb, class_emb) -> torch.Tensor:
     row of scores (the argmax does not change); a class's length scales a column (it does), so only
     the class embeddings must be normalised."""
     return (image_emb @ torch.nn.functional.normalize(class_emb, dim=1).T).argmax(dim=1)
+
+
+def solution_patchify(images, patch_size: int) -> torch.Tensor:
+    """The ViT's patches (Dosovitskiy et al. Eq. 1): ``(B, C, R, R)`` -> ``(B, N, C * P * P)``, patch
+    ``(row, col)`` at index ``row * (R / P) + col``, each flattened channel first (as a conv weight)."""
+    b, c, r, _ = images.shape
+    g = r // patch_size
+    x = images.reshape(b, c, g, patch_size, g, patch_size)          # (B, C, row, i, col, j)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * patch_size * patch_size)
