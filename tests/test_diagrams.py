@@ -253,6 +253,17 @@ def test_clip_any_other_tower_is_named():
 # ---------------------------------------------------------------------------------------------
 # The pages
 # ---------------------------------------------------------------------------------------------
+# what the alt text of each picture must name (its key parts)
+ALT_MUST_NAME = {
+    "transformer_block": ["residual", "LayerNorm", "x + Attn(LN(x))", "x + MLP(LN(x))"],
+    "attention_masks": ["causal", "bidirectional"],
+    "encoder_decoder": ["encoder", "decoder", "cross-attention", "frozen"],
+    "unet": ["skip", "1/sqrt(2)", "timestep embedding"],
+    "cascade": ["frozen text encoder", "noise-conditioning augmentation", "super-resolution"],
+    "clip_towers": ["image tower", "text tower", "diagonal"],
+}
+
+
 @pytest.mark.parametrize("page", ["01_attention", "02b_t5_encoder", "03b_ddpm_images", "05_imagen_cascade"])
 def test_every_diagram_cell_has_alt_text(page):
     """Every page cell that draws a diagram carries alt text in its metadata (mystnb.image.alt),
@@ -261,8 +272,13 @@ def test_every_diagram_cell_has_alt_text(page):
     drawing = [c for c in cells if c["cell_type"] == "code" and "diagrams." in "".join(c["source"])]
     assert drawing, f"{page} draws no diagram"
     for c in drawing:
+        src = "".join(c["source"])
         alt = c.get("metadata", {}).get("mystnb", {}).get("image", {}).get("alt", "")
-        assert len(alt) > 40, f"{page}: a diagram cell has no descriptive alt text: {''.join(c['source'])[:80]}"
+        assert len(alt) > 40, f"{page}: a diagram cell has no descriptive alt text: {src[:80]}"
+        for fn, words in ALT_MUST_NAME.items():
+            if f"diagrams.{fn}(" in src:
+                missing = [w for w in words if w not in alt]
+                assert not missing, f"{page}: the alt text of diagrams.{fn} does not mention {missing}"
 
 
 def test_drawing_leaves_the_global_seed_alone(cpu_stages):
