@@ -12,6 +12,7 @@ from imagen_edu.data.captions import caption_corpus, parse_caption
 from imagen_edu.exercises import ch02
 from imagen_edu.optim import lr_at
 from imagen_edu.rnn import RNNConfig, RNNLM
+from imagen_edu.rnn import train_rnn as rnn_train
 from imagen_edu.tokenizer import default_tokenizer
 
 
@@ -315,3 +316,25 @@ def test_rnn_step_check_passes_the_model_and_fails_wrong_answers():
 
     res = ch02.check_rnn_step(stub, verbose=False)
     assert not res and res.verdict == "NOT ATTEMPTED YET"
+
+
+def test_train_lm_and_train_rnn_share_one_budget(tok):
+    """The chapter's comparison at one budget: lm.train_lm (the shipped model's recipe: seed, then
+    build, then lm.train on the train split) and rnn.train_rnn both go through lm.train_model with
+    the profile's steps, batch and learning rate, and a ``texts`` subset is all they train on."""
+    s = profiles.get("ci").lm
+    torch.manual_seed(0)
+    ref = lm.GPTLM(lm.LMConfig(tok.vocab_size, d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers))
+    ref_losses = lm.train(ref, tok, caption_corpus("train"), steps=s.max_steps, batch_size=s.batch_size,
+                          lr=s.lr, seed=0, progress=False)
+    res = lm.train_lm(s, seed=0, device="cpu", progress=False)
+    assert res.losses == ref_losses
+    for a, b in zip(ref.state_dict().values(), res.model.state_dict().values()):
+        assert torch.equal(a, b)
+    one = ["a red circle"]
+    for train_fn in (lm.train_lm, rnn_train):
+        out = train_fn(s, seed=0, device="cpu", progress=False, texts=one)
+        assert len(out.losses) == s.max_steps and out.settings == res.settings
+        # it saw nothing else: its one caption is far less surprising than any other
+        other = ["a blue square below a green triangle"]
+        assert 2 * lm.perplexity(out.model, tok, one) < lm.perplexity(out.model, tok, other)
