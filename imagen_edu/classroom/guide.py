@@ -1,0 +1,115 @@
+"""The generated parts of the instructor's guide pages (``book/instructor/CHAPTER.md``).
+
+Each guide page is hand-written, except one block between two markers that this module writes
+from the measured cell times (``data/benchmarks/cell_times.json``, see :mod:`.timing`), the
+chapter's exercises (:mod:`.chapters`) and the link to its slide deck::
+
+    <!-- classroom:begin -->
+    ... generated: what to run before class, the exercises, the slides ...
+    <!-- classroom:end -->
+
+Regenerate every page after new measurements with ``python -m imagen_edu.classroom.guide``
+(``--check`` only reports stale pages). The quick checks of a page are jupyterquiz questions in
+``imagen_edu/classroom/quick_checks/CHAPTER.json``; the page shows them with
+``display_quiz`` and a chapter notebook can show the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from . import chapters, timing
+
+GUIDE = chapters.BOOK / "instructor"
+OUTLINE = GUIDE / "outline.md"
+QUIZZES = Path(__file__).resolve().parent / "quick_checks"
+BEGIN, END = "<!-- classroom:begin -->", "<!-- classroom:end -->"
+PROFILES = ("cpu", "gpu", "ci")
+
+
+def page_path(name: str) -> Path:
+    """The guide page of a chapter."""
+    return GUIDE / f"{name}.md"
+
+
+def quiz_path(name: str) -> Path:
+    """The quick checks (jupyterquiz JSON) of a chapter."""
+    return QUIZZES / f"{name}.json"
+
+
+def _times(name: str, data: dict) -> list[str]:
+    out = ["**Run before class.** Every cell that took more than "
+           f"{timing.SLOW_S:.0f} s, measured by `python -m imagen_edu.classroom times`:", ""]
+    out += ["| profile | whole chapter | cells over 30 s |", "|---|---|---|"]
+    slow_rows, measured = [], 0
+    for profile in PROFILES:
+        entry = data.get(profile, {}).get(name)
+        if entry is None:
+            out.append(f"| `{profile}` | not measured yet | run `python -m imagen_edu.classroom times "
+                       f"--profile {profile} {name}` |")
+            continue
+        measured += 1
+        slow = timing.slow_cells(entry)
+        out.append(f"| `{profile}` | {entry['total_s']:.0f} s | {len(slow) or 'none'} |")
+        slow_rows += [(profile, *c) for c in slow]
+    if slow_rows:
+        out += ["", "| profile | cell (index from 0) | time | first line |", "|---|---|---|---|"]
+        out += [f"| `{p}` | {i} | {s:.0f} s | `{line.replace('|', '/')[:70]}` |"
+                for p, i, s, line in slow_rows]
+        out += ["", "Run these cells (and the cells above them) before the session, keep the kernel "
+                "running, and run the rest live."]
+    elif measured:
+        out += ["", "No measured cell takes more than 30 s: the whole chapter can run live."]
+    else:
+        out += ["", "Until this chapter is measured, run it once under the class's profile before the "
+                "session (the chapter's own *Time* section gives the rough cost) and note the slow cells."]
+    return out
+
+
+def block(name: str, data: dict | None = None) -> str:
+    """The generated block of a chapter's guide page (between the markers, markers included)."""
+    data = timing.load() if data is None else data
+    exs = chapters.exercises(chapters.read(name))
+    lines = [BEGIN, "", *_times(name, data), ""]
+    if exs:
+        lines += ["**The chapter's exercises** (each checked by `imagen_edu.exercises`, graded by "
+                  "the same check):", ""]
+        lines += [f"{k}. `{e.fn}`, checked by `{e.module}.{e.check}`" for k, e in enumerate(exs, 1)]
+    else:
+        lines += ["This chapter has no checked exercises; its questions are the discussion "
+                  "questions above."]
+    lines += ["", f'**Slides:** <a href="../../slides/{name}.slides.html">the deck of this chapter</a> '
+              "(built with the book; arrow keys move, `s` opens the speaker view).", "", END]
+    return "\n".join(lines)
+
+
+def render_page(text: str, name: str, data: dict | None = None) -> str:
+    """``text`` with its generated block replaced by the current one."""
+    pat = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
+    if not pat.search(text):
+        raise ValueError(f"{page_path(name)} has no {BEGIN} ... {END} block")
+    return pat.sub(lambda _: block(name, data), text, count=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m imagen_edu.classroom.guide", description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only report stale pages (exit 1 if any)")
+    args = ap.parse_args(argv)
+    data, stale = timing.load(), []
+    for name in chapters.CHAPTERS:
+        p = page_path(name)
+        old = p.read_text(encoding="utf-8")
+        new = render_page(old, name, data)
+        if new != old:
+            stale.append(p)
+            if not args.check:
+                p.write_text(new, encoding="utf-8")
+    print(("stale: " if args.check else "rewrote: ") + (", ".join(map(str, stale)) or "nothing"))
+    return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""A Sphinx hook that puts the slide decks into the built book (``_build/html/slides/``).
+
+Listed under ``sphinx.extra_extensions`` in ``_config.yml``. When an HTML build finishes it
+builds a deck (:func:`.slides.build`) for every chapter that the build executed (myst-nb keeps
+the executed notebooks in ``_build/jupyter_execute/book``), so the decks show the outputs of the
+same run as the pages; the instructor's guide links to them. The decks use the book's own
+``_static/reveal.js`` and ``_static/mathjax``, which the build has just copied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sphinx.util import logging
+
+from . import chapters, slides
+
+LOG = logging.getLogger(__name__)
+
+
+def build_decks(app, exception) -> None:
+    """``build-finished`` handler: the decks of every executed chapter, into ``outdir/slides``."""
+    if exception is not None or app.builder.format != "html":
+        return
+    executed = Path(app.outdir).parent / "jupyter_execute" / "book"
+    names = [n for n in chapters.CHAPTERS if (executed / f"{n}.ipynb").is_file()]
+    if names:
+        decks = slides.build(Path(app.outdir), names, executed)
+        LOG.info(f"[classroom] {len(decks)} slide decks in {Path(app.outdir) / 'slides'}")
+
+
+def setup(app):
+    app.connect("build-finished", build_decks)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

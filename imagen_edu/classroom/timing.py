@@ -1,0 +1,88 @@
+"""Cell timing: run a chapter notebook top to bottom and record how long each cell took.
+
+The instructor's guide lists, per chapter, every cell that takes more than 30 s under a profile
+(run those before class) from ``data/benchmarks/cell_times.json``, which :func:`record` writes::
+
+    {"cpu": {"01_attention": {"total_s": 41.2, "measured": "2026-12-01T15:30:00Z",
+                              "threads": "unset", "cells": [[3, 0.8, "import math"], ...]}}}
+
+Each cell entry is ``[cell index, wall seconds, first line]`` for code cells. Times come from the
+kernel's own execution timestamps (nbclient's ``record_timing``), so they exclude the start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from nbclient import NotebookClient
+
+from . import chapters
+
+TIMES = chapters.ROOT / "data" / "benchmarks" / "cell_times.json"
+SLOW_S = 30.0  # a cell slower than this is run before class
+
+
+def _parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def cell_times(nb) -> list[list]:
+    """``[[index, seconds, first line], ...]`` for the executed code cells of ``nb``."""
+    out = []
+    for i, c in enumerate(nb.cells):
+        ex = c.get("metadata", {}).get("execution", {})
+        start, end = ex.get("iopub.execute_input"), ex.get("shell.execute_reply")
+        if c.cell_type == "code" and start and end:
+            out.append([i, round((_parse(end) - _parse(start)).total_seconds(), 2),
+                        chapters.first_line(c)])
+    return out
+
+
+def execute(name: str, profile: str, timeout: int = 3600) -> tuple[object, float]:
+    """Execute a chapter under ``profile`` in ``book/`` (as the book does); returns (nb, seconds)."""
+    nb = chapters.read(name)
+    env = os.environ.get("IMAGEN_EDU_PROFILE")
+    os.environ["IMAGEN_EDU_PROFILE"] = profile  # the kernel inherits this process's environment
+    try:
+        t0 = time.perf_counter()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
+                       resources={"metadata": {"path": str(chapters.BOOK)}}).execute()
+        return nb, time.perf_counter() - t0
+    finally:
+        if env is None:
+            os.environ.pop("IMAGEN_EDU_PROFILE", None)
+        else:
+            os.environ["IMAGEN_EDU_PROFILE"] = env
+
+
+def load(path: Path = TIMES) -> dict:
+    """The recorded times (``{}`` when none were measured yet)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def slow_cells(entry: dict, over: float = SLOW_S) -> list[list]:
+    """The cells of one chapter's entry that took longer than ``over`` seconds."""
+    return [c for c in entry["cells"] if c[1] > over]
+
+
+def record(names: list[str], profile: str = "cpu", path: Path = TIMES) -> dict:
+    """Time every chapter in ``names`` under ``profile``, merge into ``path``; print the slow cells."""
+    data = load(path)
+    for name in names:
+        nb, total = execute(name, profile)
+        entry = {"total_s": round(total, 1),
+                 "measured": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+                 "cells": cell_times(nb)}
+        data.setdefault(profile, {})[name] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")  # after each chapter
+        slow = slow_cells(entry)
+        print(f"{name} under {profile}: {total:.1f} s, {len(slow)} cells over {SLOW_S:.0f} s")
+        for i, s, line in slow:
+            print(f"  cell {i:3d}  {s:7.1f} s  {line}")
+    return data

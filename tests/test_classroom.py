@@ -1,0 +1,205 @@
+"""The classroom kit (imagen_edu.classroom): student edition, autograding, slides rule, cell times.
+
+The slow tests share one student edition of every chapter (an nbgrader course folder) and grade
+one chapter, 05_thresholding, the quickest chapter with exercises (about 10 s under ``ci``).
+The browser checks of the slide decks are in tests/browser/test_slides.py.
+"""
+
+import importlib
+import inspect
+import json
+import os
+import re
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from imagen_edu import exercises
+from imagen_edu.classroom import chapters, grading, guide, slides, student, timing
+
+QUICK = "05_thresholding"  # the quickest chapter with exercises under ci
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """The student edition of every chapter, as ``python -m imagen_edu.classroom student`` writes it."""
+    out = tmp_path_factory.mktemp("course")
+    student.build(out)
+    return out
+
+
+def _release(course, name):
+    return nbformat.read(course / "release" / name / f"{name}.ipynb", as_version=4)
+
+
+def _text(nb) -> str:
+    return "\n".join(chapters.source(c) for c in nb.cells)
+
+
+def test_every_chapter_has_a_student_edition_with_its_exercises(course):
+    """Each exercise cell is kept (the student's def with a stub) and its check kept as the grader."""
+    for name in chapters.CHAPTERS:
+        book, nb = chapters.read(name), _release(course, name)
+        want = chapters.exercises(book)
+        answers = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+        graders = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+        assert len(answers) == len(graders) == len(want), name
+        for ex, a, g in zip(want, answers, graders):
+            assert f"def {ex.fn}(" in a.source and student.STUB in a.source, (name, ex.fn)
+            assert g.source.strip() == f"{ex.module}.{ex.check}({ex.fn});", (name, g.source)
+            assert g.metadata["nbgrader"]["points"] == 1 and g.metadata["nbgrader"]["locked"]
+
+
+def test_student_edition_contains_no_solution_code(course):
+    """Detail: solutions removed. No solution cell, no `viz.show_source(chNN.solution_`, no
+    reference solution's source, no nbgrader solution region or hidden test, in any chapter."""
+    mods = {n: importlib.import_module(f"imagen_edu.exercises.{n}")
+            for n in ("ch01", "ch_data", "ch02", "ch02b", "ch03", "ch04", "ch05", "ch06")}
+    sources = [textwrap.dedent(inspect.getsource(f)) for m in mods.values()
+               for _, f in exercises.solution_functions(m)]
+    assert len(sources) >= 30
+    for name in chapters.CHAPTERS:
+        text = _text(_release(course, name))
+        assert "# Solution:" not in text and ".solution_" not in text, name
+        assert not re.search(r"show_source\(\s*\w+\.solution_", text), name
+        assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text, name
+        for src in sources:
+            assert src not in text, f"{name} contains a reference solution:\n{src[:200]}"
+        assert not any(chapters.is_solution_cell(c) for c in _release(course, name).cells)
+
+
+def test_student_notebook_runs_with_every_exercise_not_attempted(course):
+    """Detail: the student edition runs top to bottom under ci with no error, and each exercise's
+    check reports NOT ATTEMPTED YET (the stub raises NotImplementedError), none PASS or FAIL."""
+    nb = _release(course, QUICK)
+    os.environ["IMAGEN_EDU_PROFILE"] = "ci"  # the kernel inherits it; the module runs under ci
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(course / "release" / QUICK)}}).execute()
+    outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outs if o.output_type == "error"]
+    graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    for cell, ex in zip(graded, chapters.exercises(chapters.read(QUICK))):
+        said = "".join(o.get("text", "") for o in cell.outputs)
+        assert said.startswith("NOT ATTEMPTED YET: "), said
+        assert "PASS" not in said and "FAIL" not in said
+
+
+def test_grading_gives_full_marks_to_the_reference_and_takes_the_mark_of_a_wrong_answer(course, tmp_path):
+    """Detail: autograding. nbgrader runs each submission with the hidden asserts put back: the
+    reference solutions score every point; a wrong x0_from_v loses exactly its point."""
+    rel = course / "release" / QUICK / f"{QUICK}.ipynb"
+    grading.reference_submission(rel, tmp_path / "sub" / "ada" / f"{QUICK}.ipynb")
+    grading.reference_submission(rel, tmp_path / "sub" / "bo" / f"{QUICK}.ipynb", wrong="x0_from_v")
+    os.environ["IMAGEN_EDU_PROFILE"] = "ci"
+    scores = grading.grade(tmp_path / "sub", course, timeout=600)
+    by = {(s.student, s.exercise): s for s in scores}
+    n = len(chapters.exercises(chapters.read(QUICK)))
+    assert sum(s.score for s in scores if s.student == "ada") == n
+    assert all(s.max_score == 1 for s in scores) and len(scores) == 2 * n
+    assert by[("bo", "check_x0_from_v")].score == 0
+    assert by[("bo", "check_dynamic_threshold")].score == 1
+    table = grading.table(scores)
+    rows = [ln.split()[:3] for ln in table.splitlines()]
+    assert ["ada", QUICK, f"{n}/{n}"] in rows and ["bo", QUICK, f"{n - 1}/{n}"] in rows
+
+
+def test_answer_cell_handles_both_stub_styles_and_commented_checks():
+    """The exercise cells of chapters 3 (`...  # your code here`) and 4-6 (check commented out)
+    become an answer cell with a solution region and an uncommented grader cell."""
+    for src in ('def my_f(a, b=2):\n    ...  # your code here\n\n\nch03.check_f(my_f);',
+                'def my_f(a, b=2):\n    # your code here\n    raise NotImplementedError\n\n# ch03.check_f(my_f)'):
+        cell = nbformat.v4.new_code_cell(src)
+        ex = chapters.exercise_in(cell, 0)
+        assert (ex.module, ex.check, ex.fn, ex.args) == ("ch03", "check_f", "my_f", ["a", "b"])
+        a = student.answer_cell(cell, ex)
+        assert "check_f" not in a.source and "return ch03.solution_f(a, b)" in a.source
+        assert "    ### BEGIN SOLUTION" in a.source and "    ### END SOLUTION" in a.source
+        assert student.grader_cell(ex).source.startswith("ch03.check_f(my_f);\n")
+    assert chapters.exercise_in(nbformat.v4.new_code_cell("x = 1"), 0) is None
+    assert chapters.is_solution_cell(nbformat.v4.new_code_cell("# Solution: x\nviz.show_source(ch01.solution_a)"))
+
+
+def test_slide_rule():
+    """The documented rule: '#'/'##' start a slide, '###' and display maths a sub-slide, set-up
+    code before the first section and solution cells are skipped, other code is a fragment, long
+    code shows its output only, and MyST roles become plain Markdown."""
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        md("# 1. Title"), code("import x"), md("## Section"), md("Text {cite:p}`a2020,b2021`."),
+        md("$$\na = b\n$$ (ch1-eq-a)\n\nsee {eq}`ch1-eq-a` and {doc}`The page <05_guidance>`"),
+        md("### Detail"), code("y = 1"), code("\n".join(["z = 1"] * 30)),
+        code("# Solution: the reference\nviz.show_source(ch01.solution_a)")])
+    out = slides.slide_notebook(nb)
+    types = [c.metadata["slideshow"]["slide_type"] for c in out.cells]
+    assert types == ["slide", "skip", "slide", "-", "subslide", "subslide", "fragment", "fragment", "skip"]
+    assert out.metadata["title"] == "1. Title"
+    assert out.cells[3].source == "Text [a2020, b2021]."
+    assert "$$ (" not in out.cells[4].source and "Eq. (ch1-eq-a)" in out.cells[4].source
+    assert "The page" in out.cells[4].source and "<05_guidance>" not in out.cells[4].source
+    assert "slides-output-only" in out.cells[7].metadata["tags"]
+    assert "slides-output-only" not in out.cells[6].metadata.get("tags", [])
+    assert "slideshow" not in nb.cells[0].metadata  # the book's notebook is not changed
+
+
+def test_slides_link_only_local_assets():
+    """The deck loads reveal.js and MathJax from the book's static copies, never from a CDN."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T\n\n## S\n\n$x$")])
+    html, _ = slides.exporter().from_notebook_node(slides.slide_notebook(nb))
+    assert 'src="../_static/reveal.js/dist/reveal.js"' in html
+    assert 'src="../_static/mathjax/tex-chtml-full.js"' in html
+    for cdn in ("unpkg.com/reveal", "cdnjs", "jsdelivr", "require.min.js", "jquery"):
+        assert cdn not in html
+    assert (slides.STATIC / "reveal.js" / "dist" / "reveal.js").is_file()
+    assert (slides.STATIC / "mathjax" / "tex-chtml-full.js").is_file()
+
+
+def test_cell_times_and_slow_cells():
+    """Per-cell wall times come from the kernel's timestamps; cells over 30 s are the slow ones."""
+    c = nbformat.v4.new_code_cell("train(model)\nmore()")
+    c.metadata["execution"] = {"iopub.execute_input": "2026-01-01T00:00:00.000Z",
+                               "shell.execute_reply": "2026-01-01T00:00:42.500Z"}
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# x"), c])
+    assert timing.cell_times(nb) == [[1, 42.5, "train(model)"]]
+    assert timing.slow_cells({"cells": [[1, 42.5, "a"], [2, 29.9, "b"]]}) == [[1, 42.5, "a"]]
+
+
+def test_recorded_times_are_well_formed():
+    """data/benchmarks/cell_times.json: per profile and chapter, cells as [index, seconds, line]."""
+    data = timing.load()
+    assert "cpu" in data and data["cpu"], "no cpu times recorded"
+    for profile, by_chapter in data.items():
+        for name, entry in by_chapter.items():
+            assert name in chapters.CHAPTERS
+            assert entry["total_s"] > 0 and entry["cells"]
+            assert all(isinstance(i, int) and s >= 0 and isinstance(t, str) for i, s, t in entry["cells"])
+
+
+def test_guide_pages_cover_every_chapter_and_their_tables_are_current():
+    """Every chapter has a guide page whose generated tables (times, exercises, slides link) are
+    what `python -m imagen_edu.classroom.guide` writes from cell_times.json today."""
+    for name in chapters.CHAPTERS:
+        page = guide.page_path(name)
+        assert page.is_file(), page
+        assert guide.render_page(page.read_text(encoding="utf-8"), name) == page.read_text(encoding="utf-8"), \
+            f"{page} is stale: run python -m imagen_edu.classroom.guide"
+    assert guide.OUTLINE.is_file()
+
+
+def test_quick_checks_are_answerable():
+    """Two or three quick checks per chapter, each with exactly one right answer (multiple
+    choice) or a value (numeric), and feedback explaining it."""
+    for name in chapters.CHAPTERS:
+        qs = json.loads(guide.quiz_path(name).read_text(encoding="utf-8"))
+        assert 2 <= len(qs) <= 3, name
+        for q in qs:
+            assert q["question"].strip()
+            if q["type"] == "multiple_choice":
+                assert sum(a["correct"] for a in q["answers"]) == 1, q["question"]
+                assert all(a.get("feedback") for a in q["answers"]), q["question"]
+            else:
+                assert q["type"] == "numeric"
+                right = [a for a in q["answers"] if a.get("correct")]
+                assert len(right) == 1 and right[0]["type"] in ("value", "range") and right[0]["feedback"]
