@@ -7,6 +7,16 @@ spans (:meth:`imagen_edu.t5.T5.loss`) through :class:`imagen_edu.train.Trainer`,
 trainer as every other model of the book. Afterwards only the encoder is kept, frozen: it is the
 cascade's text encoder, as T5-XXL is Imagen's.
 
+A second, optional text-only term (``PretrainConfig.paraphrase_weight``): documents that say one
+fact twice ("A right of B . B left of A") give paraphrase pairs, and each object's states in one
+phrasing must pick out the same object in the other phrasing against every object of the batch,
+including the same words in the contradicting fact ("A left of B"). It is the contrastive loss of
+chapter 4 (:func:`imagen_edu.clip.clip_loss`) over objects instead of images and captions, with
+paraphrases as positives and contradictions as hard negatives, as supervised SimCSE uses them for
+sentence embeddings (Gao et al. 2021, Section 4). Chapter 2b ("Readable is not loud") shows why
+it is needed: span corruption alone teaches the encoder each object's side, but so quietly that
+the U-Net does not find it.
+
 Nothing but text enters here: no image, scene layout or judge output.
 """
 
@@ -15,14 +25,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 
+from .clip import clip_loss
+from .data.captions import CONVERSE, parse_caption
 from .data.text_corpus import CORPORA, SEPARATOR, text_corpus
 from .t5 import IGNORE_INDEX, T5, T5Config, load_t5, save_t5, span_corruption
 from .profiles import torch_threads
 from .tokenizer import WordTokenizer
 from .train import TrainConfig, Trainer
 
-__all__ = ["PretrainConfig", "sentinel_words", "t5_tokenizer", "span_batch", "pretrain", "save_t5", "load_t5"]
+__all__ = ["PretrainConfig", "sentinel_words", "t5_tokenizer", "span_batch", "paraphrase_groups", "paraphrase_batch",
+           "object_states", "paraphrase_loss", "pretrain", "save_t5", "load_t5"]
 
 # the checkpoint format lives with the model (imagen_edu.t5); re-exported here for the recipe's callers
 
@@ -42,6 +56,15 @@ class PretrainConfig:
             language-modelling example instead (Raffel et al. 2020, Section 3.3.1, split at the
             first sentence): the encoder reads the first sentence alone, as it will read a
             caption, and the decoder writes the rest of the document.
+        paraphrase_weight: weight of the paraphrase-contrastive term added to span corruption's
+            loss (0: T5's recipe alone). Needs a corpus whose documents say a fact twice.
+        paraphrase_facts: facts per batch for that term; each comes with its contradicting fact,
+            so ``2 * paraphrase_facts`` paraphrase pairs and twice as many objects.
+        paraphrase_temperature: the contrastive loss's temperature ``tau`` (logits ``cos / tau``).
+        paraphrase_negatives: ``"group"``: each object competes only with the four objects of its
+            fact and its contradiction (the side is all it must add); ``"batch"``: with every
+            object of the batch, as CLIP's images compete with every caption (which also pushes
+            the objects' identities apart, entangling colour with shape).
         steps, batch_size, lr, warmup_steps: the trainer's budget (AdamW, warm-up + cosine).
         seed: the model's initialisation and the corruption's random spans.
         max_seconds: stop early after this much wall time (``None``: no limit).
@@ -54,6 +77,10 @@ class PretrainConfig:
     mean_span_length: float = 1.5
     n_sentinels: int = 8
     prefix_fraction: float = 0.0
+    paraphrase_weight: float = 0.0
+    paraphrase_facts: int = 16
+    paraphrase_temperature: float = 0.1
+    paraphrase_negatives: str = "group"
     steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
@@ -73,6 +100,18 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.mean_span_length must be >= 1, got {self.mean_span_length!r}")
         if not 0.0 <= float(self.prefix_fraction) <= 1.0:
             raise ValueError(f"PretrainConfig.prefix_fraction must be in [0, 1], got {self.prefix_fraction!r}")
+        if not float(self.paraphrase_weight) >= 0.0:
+            raise ValueError(f"PretrainConfig.paraphrase_weight must be >= 0, got {self.paraphrase_weight!r}")
+        if not isinstance(self.paraphrase_facts, int) or self.paraphrase_facts < 1:
+            raise ValueError(f"PretrainConfig.paraphrase_facts must be an int >= 1, got {self.paraphrase_facts!r}")
+        if not float(self.paraphrase_temperature) > 0.0:
+            raise ValueError(f"PretrainConfig.paraphrase_temperature must be > 0, got {self.paraphrase_temperature!r}")
+        if self.paraphrase_negatives not in ("group", "batch"):
+            raise ValueError(f"PretrainConfig.paraphrase_negatives must be 'group' or 'batch', got "
+                             f"{self.paraphrase_negatives!r}")
+        if self.paraphrase_weight and not paraphrase_groups(text_corpus(self.corpus)):
+            raise ValueError(f"PretrainConfig.paraphrase_weight > 0 needs a corpus whose documents say a fact twice "
+                             f"('restated' or 'described'), got corpus {self.corpus!r}")
         if not isinstance(self.n_sentinels, int) or self.n_sentinels < 2:
             raise ValueError(f"PretrainConfig.n_sentinels must be an int >= 2, got {self.n_sentinels!r}")
 
@@ -126,7 +165,97 @@ def span_batch(docs, tok: WordTokenizer, cfg: PretrainConfig, generator: torch.G
     return ids, ids != tok.pad_id, labels
 
 
-def _loss(model: T5, batch) -> torch.Tensor:
+def paraphrase_groups(docs) -> list[tuple[str, str, str, str]]:
+    """The corpus's paraphrase pairs, each with the pair of its contradicting fact.
+
+    A pair is a document's first two sentences when both are two-object captions of the same two
+    objects (a caption and its converse: ``A right of B`` / ``B left of A``). Its contradicting
+    fact has the same words in the same order with the converse relation (``A left of B``): the
+    objects are the same, their sides are swapped. Returns ``(x, y, x_contra, y_contra)`` for
+    every pair whose contradiction is also a pair of the corpus, in corpus order.
+    """
+    sep = f" {SEPARATOR} "
+    pairs = {}
+    for doc in docs:
+        sentences = doc.split(sep)
+        if len(sentences) < 2:
+            continue
+        try:
+            x, y = parse_caption(sentences[0]), parse_caption(sentences[1])
+        except ValueError:
+            continue
+        if x.relation is None or y.relation is None or tuple(y.objects) != tuple(x.objects)[::-1]:
+            continue
+        pairs.setdefault(x.text, y.text)
+    groups = []
+    for x, y in pairs.items():
+        p = parse_caption(x)
+        contra = f"{' '.join(x.split()[:3])} {CONVERSE[p.relation]} {' '.join(x.split()[-3:])}"
+        if contra in pairs:
+            groups.append((x, y, contra, pairs[contra]))
+    return groups
+
+
+def _ids(texts, tok: WordTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [tok.encode(t, add_bos=False, add_eos=True) for t in texts]
+    ids = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+    return ids, ids != tok.pad_id
+
+
+def paraphrase_batch(groups, tok: WordTokenizer, cfg: PretrainConfig, generator: torch.Generator):
+    """``cfg.paraphrase_facts`` random groups as ``(x_ids, x_mask, y_ids, y_mask)``, ``(2F, T)`` each.
+
+    Row ``i`` of ``x`` and of ``y`` say the same fact; rows ``2k`` and ``2k + 1`` are a fact and
+    its contradiction (same words, sides swapped), so every batch holds the hardest negatives.
+    """
+    picks = torch.randint(len(groups), (cfg.paraphrase_facts,), generator=generator).tolist()
+    xs = [t for i in picks for t in (groups[i][0], groups[i][2])]
+    ys = [t for i in picks for t in (groups[i][1], groups[i][3])]
+    return (*_ids(xs, tok), *_ids(ys, tok))
+
+
+def object_states(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each caption's two objects from its encoder states: ``(B, T, D)``, ``(B, T)`` -> ``(B, 2, D)``.
+
+    A caption of the grammar reads ``a COLOUR SHAPE RELATION a COLOUR SHAPE <eos>``: the first
+    object is words 1-2, the second the last two words before ``<eos>``. An object's vector is the
+    mean of its two LayerNormed states (LayerNorm as the U-Net reads them, chapter 5), unit length.
+    """
+    h = F.layer_norm(states, states.shape[-1:])
+    n = mask.sum(1) - 1                                    # words before <eos>
+    rows = torch.arange(len(h), device=h.device)
+    first = (h[rows, 1] + h[rows, 2]) / 2
+    second = (h[rows, n - 2] + h[rows, n - 1]) / 2
+    return F.normalize(torch.stack([first, second], 1), dim=-1)
+
+
+def paraphrase_loss(model: T5, batch, temperature: float, negatives: str = "group") -> torch.Tensor:
+    """The paraphrase-contrastive loss of one :func:`paraphrase_batch`, a scalar. Eq. (ch2b-eq-para).
+
+    Object ``A`` of ``x_i`` (``A rel B``) and object ``A`` of ``y_i`` (``B conv A``) are a positive
+    pair; every other object of the batch's ``y`` is a negative, among them ``A`` of the
+    contradicting fact. Neither the word order nor the relation word is shared by ``x_i`` and
+    ``y_i``; the side each object is on is, so the states must carry the side to win.
+    The loss is chapter 4's symmetric InfoNCE, :func:`imagen_edu.clip.clip_loss`, with ``s = 1 / tau``,
+    over the whole batch (``negatives="batch"``) or within each fact's group of four objects
+    (``"group"``: A and B of the fact, A and B of its contradiction), averaged over the groups.
+    """
+    x_ids, x_mask, y_ids, y_mask = batch
+    vx = object_states(model.encode(x_ids, x_mask), x_mask)               # [A, B] of "A rel B"
+    vy = object_states(model.encode(y_ids, y_mask), y_mask)[:, [1, 0]]    # [A, B] of "B conv A"
+    if negatives == "batch":
+        return clip_loss(vx.flatten(0, 1), vy.flatten(0, 1), 1.0 / temperature)
+    gx, gy = vx.reshape(-1, 4, vx.shape[-1]), vy.reshape(-1, 4, vy.shape[-1])   # rows 2k, 2k+1: one group
+    return torch.stack([clip_loss(a, b, 1.0 / temperature) for a, b in zip(gx, gy)]).mean()
+
+
+def _loss(model: T5, batch, cfg: PretrainConfig | None = None) -> torch.Tensor:
+    if isinstance(batch, dict):
+        ids, mask, labels = batch["span"]
+        return model.loss(ids, mask, labels) + cfg.paraphrase_weight * paraphrase_loss(
+            model, batch["paraphrase"], cfg.paraphrase_temperature, cfg.paraphrase_negatives)
     ids, mask, labels = batch
     return model.loss(ids, mask, labels)
 
@@ -145,10 +274,15 @@ def pretrain(cfg: PretrainConfig | None = None, *, device: str = "cpu", progress
     torch.manual_seed(cfg.seed)
     model = T5(T5Config(vocab_size=tok.vocab_size, pad_id=tok.pad_id, **cfg.model))
 
-    def batches(step, rank, world_size, generator):
-        return span_batch(docs, tok, cfg, generator)
+    groups = paraphrase_groups(docs) if cfg.paraphrase_weight else None
 
-    trainer = Trainer(model, _loss, batches, cfg.train_config(), device=device, progress=progress,
+    def batches(step, rank, world_size, generator):
+        span = span_batch(docs, tok, cfg, generator)
+        if groups is None:
+            return span
+        return {"span": span, "paraphrase": paraphrase_batch(groups, tok, cfg, generator)}
+
+    trainer = Trainer(model, lambda m, b: _loss(m, b, cfg), batches, cfg.train_config(), device=device, progress=progress,
                       desc=f"T5 span corruption ({cfg.corpus})")
     with torch_threads(threads, device):
         trainer.train()

@@ -111,3 +111,100 @@ def test_toy_t5_encoder_reads_the_frozen_encoder(tmp_path):
     assert mask[1].sum() == 4 and emb[1, 4:].abs().sum() == 0
     right, _ = enc.encode(["a red circle right of a blue square"])
     assert not torch.allclose(emb[0, 2], right[0, 2]), "the first shape's state must read the relation"
+
+
+# --- the paraphrase-contrastive term (chapter 2b, Eq. ch2b-eq-para) -------------------------------
+
+def test_paraphrase_groups_pair_each_fact_with_its_converse_and_its_contradiction():
+    """A group is (A rel B, B conv A, A conv B, B rel A): positives say one fact, the contradiction
+    has the same words in the same order with the sides swapped; plain captions give no pairs."""
+    for name in ("restated", "described"):
+        groups = P.paraphrase_groups(text_corpus(name))
+        assert len(groups) == 1080
+        for x, y, xc, yc in groups:
+            px, py, pxc, pyc = (captions.parse_caption(t) for t in (x, y, xc, yc))
+            assert py.relation == captions.CONVERSE[px.relation] and tuple(py.objects) == tuple(px.objects)[::-1]
+            assert tuple(pxc.objects) == tuple(px.objects) and pxc.relation == captions.CONVERSE[px.relation]
+            assert pyc.text == captions.make_caption(px.objects[::-1], px.relation)
+    assert P.paraphrase_groups(text_corpus("captions")) == []
+    with pytest.raises(ValueError, match="paraphrase_weight"):
+        P.PretrainConfig(corpus="captions", paraphrase_weight=1.0)
+    with pytest.raises(ValueError, match="paraphrase_temperature"):
+        P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_temperature=0.0)
+
+
+def test_paraphrase_batch_holds_each_fact_beside_its_contradiction():
+    """Rows 2k and 2k+1 of x are one fact and its contradiction: the same words, another relation."""
+    cfg = P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_facts=5)
+    docs = text_corpus("described")
+    tok = P.t5_tokenizer(docs)
+    x_ids, x_mask, y_ids, y_mask = P.paraphrase_batch(P.paraphrase_groups(docs), tok, cfg,
+                                                      torch.Generator().manual_seed(0))
+    assert x_ids.shape[0] == y_ids.shape[0] == 10
+    words = [tok.decode(r[m].tolist()[:-1]).split() for r, m in zip(x_ids, x_mask)]
+    for k in range(5):
+        a, b = words[2 * k], words[2 * k + 1]
+        assert sorted(a) != sorted(b) or a != b
+        assert [w for w in a if w not in ("left", "right", "above", "below")] == \
+            [w for w in b if w not in ("left", "right", "above", "below")]
+
+
+def test_object_states_read_each_objects_colour_and_shape_words():
+    """Object 1 = words 1-2, object 2 = the two words before <eos>, LayerNormed, averaged, unit length."""
+    states = torch.randn(2, 9, 6)
+    mask = torch.tensor([[True] * 9, [True] * 8 + [False]])     # 'a c s left of a c s <eos>', 'a c s above a c s <eos>'
+    out = P.object_states(states, mask)
+    ln = torch.nn.functional.layer_norm(states, (6,))
+    expect = torch.nn.functional.normalize((ln[1, 5] + ln[1, 6]) / 2, dim=-1)
+    torch.testing.assert_close(out[1, 1], expect)
+    expect = torch.nn.functional.normalize((ln[0, 1] + ln[0, 2]) / 2, dim=-1)
+    torch.testing.assert_close(out[0, 0], expect)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2, 2))
+
+
+def test_paraphrase_loss_is_chapter_4s_infonce_over_objects():
+    """The loss is clip_loss(objects of x, matching objects of y, 1/tau): object A of 'A rel B'
+    against object A of 'B conv A' (the y objects are swapped into x's order)."""
+    from imagen_edu import clip, t5
+
+    cfg = P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_facts=3,
+                           paraphrase_temperature=0.2)
+    docs = text_corpus("described")
+    tok = P.t5_tokenizer(docs)
+    torch.manual_seed(0)
+    model = t5.T5(t5.T5Config(vocab_size=tok.vocab_size, d_model=16, n_heads=2, d_kv=8, d_ff=32, n_layers=1,
+                              n_decoder_layers=1)).eval()
+    batch = P.paraphrase_batch(P.paraphrase_groups(docs), tok, cfg, torch.Generator().manual_seed(1))
+    vx = P.object_states(model.encode(batch[0], batch[1]), batch[1])
+    vy = P.object_states(model.encode(batch[2], batch[3]), batch[3])
+    vy = vy[:, [1, 0]]
+    expect = clip.clip_loss(vx.flatten(0, 1), vy.flatten(0, 1), 5.0)
+    torch.testing.assert_close(P.paraphrase_loss(model, batch, 0.2, "batch"), expect)
+    groups = [clip.clip_loss(vx[2 * k:2 * k + 2].flatten(0, 1), vy[2 * k:2 * k + 2].flatten(0, 1), 5.0)
+              for k in range(3)]
+    torch.testing.assert_close(P.paraphrase_loss(model, batch, 0.2), torch.stack(groups).mean())
+    unswapped = clip.clip_loss(vx.flatten(0, 1), vy[:, [1, 0]].flatten(0, 1), 5.0)
+    assert not torch.allclose(unswapped, expect)
+    with pytest.raises(ValueError, match="paraphrase_negatives"):
+        P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_negatives="all")
+
+
+def test_pretrain_with_the_paraphrase_term_lowers_it(one_thread):
+    """paraphrase_weight > 0 adds the term to pretraining: the first step's loss is span corruption's
+    plus about log 4 (four candidates per object, random states), and after a short run the term
+    is well below that of the same run with span corruption alone."""
+    import math
+
+    docs = text_corpus("described")
+    after, first = {}, {}
+    for weight in (0.0, 1.0):
+        cfg = P.PretrainConfig(corpus="described", steps=60, batch_size=16, paraphrase_weight=weight,
+                               paraphrase_facts=8, noise_density=0.4, mean_span_length=2.0,
+                               model=dict(d_model=32, n_heads=2, d_kv=16, d_ff=64, n_layers=2, n_decoder_layers=1))
+        model, tok, trainer = P.pretrain(cfg, progress=False)
+        first[weight] = trainer.losses[0]
+        batch = P.paraphrase_batch(P.paraphrase_groups(docs), tok, cfg, torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            after[weight] = P.paraphrase_loss(model, batch, cfg.paraphrase_temperature).item()
+    assert 0.7 * math.log(4) < first[1.0] - first[0.0] < 1.2 * math.log(4), first
+    assert after[1.0] < 0.8 * after[0.0], after
