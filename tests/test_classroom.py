@@ -19,6 +19,7 @@ from nbclient import NotebookClient
 
 from imagen_edu import exercises
 from imagen_edu.classroom import chapters, grading, guide, slides, student, timing
+from test_book_voice import FORBIDDEN
 
 QUICK = "05_thresholding"  # the quickest chapter with exercises under ci
 
@@ -203,3 +204,11 @@ def test_quick_checks_are_answerable():
                 assert q["type"] == "numeric"
                 right = [a for a in q["answers"] if a.get("correct")]
                 assert len(right) == 1 and right[0]["type"] in ("value", "range") and right[0]["feedback"]
+
+
+def test_guide_pages_speak_to_the_instructor_about_the_book_only():
+    """The guide pages follow the book's one voice (tests/test_book_voice.py's patterns)."""
+    for page in sorted(guide.GUIDE.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        hits = [m.group(0) for pat in FORBIDDEN for m in re.finditer(pat, text, flags=re.I)]
+        assert not hits, f"{page.name}: {hits}"

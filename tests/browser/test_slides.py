@@ -94,4 +94,4 @@ def test_deck_is_a_reveal_deck_with_typeset_maths(deck):
         f"{deck}: reveal.js did not start (no present slide)"
     if "$" in src:
         assert "<mjx-container" in dom, f"{deck}: the deck has maths but none was typeset"
-    assert "mjx-merror" not in dom, f"{deck}: TeX errors"
+    assert "<mjx-merror" not in dom, f"{deck}: TeX errors"
