@@ -38,7 +38,7 @@ def _texts():
                 yield f"{p.name} cell {i}", "".join(cell["source"])
             else:  # code: only what it prints or labels reaches the reader; comments and strings count
                 yield f"{p.name} cell {i} (code)", "".join(cell["source"])
-    for p in sorted((ROOT / "book").glob("*.md")) + [ROOT / "README.md"]:
+    for p in sorted((ROOT / "book").glob("**/*.md")) + [ROOT / "README.md"]:
         yield p.name, p.read_text()
 
 

@@ -264,7 +264,7 @@ ALT_MUST_NAME = {
 }
 
 
-@pytest.mark.parametrize("page", ["01_attention", "02b_t5_encoder", "03b_ddpm_images", "05_imagen_cascade"])
+@pytest.mark.parametrize("page", ["01_attention", "02b_t5_encoder", "03b_ddpm_images", "04_clip", "05_imagen_cascade"])
 def test_every_diagram_cell_has_alt_text(page):
     """Every page cell that draws a diagram carries alt text in its metadata (mystnb.image.alt),
     and the page draws at least one."""
