@@ -92,7 +92,7 @@ def build_parser() -> ArgumentParser:
                    help="override a StageConfig field (repeatable), e.g. --set aug_max_level=0 or "
                         "--set unet.channels=64")
     t.add_argument("--text-encoder", default=None,
-                   help="text encoder name (lm, lm+words, canonical:NAME, t5:NAME_OR_PATH); the stage's text width follows it")
+                   help="text encoder name (toyt5, toyt5:PATH, lm, lm+words, canonical:NAME, t5:NAME_OR_PATH); the stage's text width follows it")
     t.add_argument("--text-cache", default=None, help="a folder written by 'embed': read embeddings from it")
 
     s = sub.add_parser("sample", help="generate PNG images for prompts")
@@ -147,7 +147,7 @@ def build_parser() -> ArgumentParser:
     c.add_argument("--json", action="store_true", help="print JSON")
 
     m = sub.add_parser("embed", help="precompute text embeddings into a memory-mapped cache")
-    m.add_argument("--encoder", required=True, help="lm, lm+words, canonical:NAME or t5:NAME_OR_PATH (e.g. t5:google/t5-v1_1-xxl)")
+    m.add_argument("--encoder", required=True, help="toyt5, toyt5:PATH, lm, lm+words, canonical:NAME or t5:NAME_OR_PATH (e.g. t5:google/t5-v1_1-xxl)")
     m.add_argument("--captions", required=True, help="a text file (one caption per line) or a captions.jsonl")
     m.add_argument("--out", required=True, help="the cache folder")
     m.add_argument("--batch-size", type=int, default=64)

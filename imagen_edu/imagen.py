@@ -7,7 +7,7 @@ own module; this one gathers their public names, so that a page can write ``imag
 ====================================  ==================================================================
 module                                idea
 ====================================  ==================================================================
-:mod:`imagen_edu.text_encoders`       frozen text encoders by name (``canonical:lm+words``, ``t5:...``)
+:mod:`imagen_edu.text_encoders`       frozen text encoders by name (``toyt5``, ``lm+words``, ``t5:...``)
 :mod:`imagen_edu.guidance`            masked-mean pooling, classifier-free guidance (Section 2.2)
 :mod:`imagen_edu.thresholding`        static and dynamic thresholding of ``x0`` (Section 2.3)
 :mod:`imagen_edu.noise_augmentation`  noise-conditioning augmentation of the low-res input (Section 2.4)

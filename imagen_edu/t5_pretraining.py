@@ -22,16 +22,21 @@ Nothing but text enters here: no image, scene layout or judge output.
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from . import checkpoints, profiles
 from .clip import clip_loss
 from .data.captions import CONVERSE, parse_caption
 from .data.text_corpus import CORPORA, SEPARATOR, text_corpus
 from .t5 import IGNORE_INDEX, T5, T5Config, load_t5, save_t5, span_corruption
+from .probe import side_probe, variance_share
 from .profiles import torch_threads
+from .text_encoders import ToyT5Encoder
 from .tokenizer import WordTokenizer
 from .train import TrainConfig, Trainer
 
@@ -287,3 +292,56 @@ def pretrain(cfg: PretrainConfig | None = None, *, device: str = "cpu", progress
     with torch_threads(threads, device):
         trainer.train()
     return model.eval(), tok, trainer
+
+
+#: manifest name of the shipped toy T5 (chapter 2b; the cascade's text encoder ``"toyt5"``)
+SHIPPED_NAME = "t5"
+
+#: the recipe of the cascade's text encoder: :class:`PretrainConfig` fields over its defaults (which
+#: are T5's span corruption alone, chapter 2b's first models). The ``described`` corpus, denser
+#: and longer spans, and the paraphrase-contrastive term (chapter 2b, "Making the side loud");
+#: a profile's ``t5`` overrides go on top (the ``ci`` profile shrinks the model and the steps).
+CASCADE_ENCODER: dict = dict(corpus="described", noise_density=0.4, mean_span_length=2.0,
+                             paraphrase_weight=1.0, steps=1200)
+
+
+def cascade_encoder_config(profile=None, seed: int = 0) -> PretrainConfig:
+    """The :class:`PretrainConfig` of the cascade's text encoder under ``profile`` (default: the current one)."""
+    prof = profile if profile is not None else profiles.current()
+    return PretrainConfig(**{**CASCADE_ENCODER, **prof.t5, "seed": seed})
+
+
+def measure(model: T5, tok: WordTokenizer) -> dict:
+    """What text alone taught the frozen encoder (chapter 2b): the side probe and the variance shares."""
+    enc = ToyT5Encoder(model.eval(), tok)
+    return {"probe": side_probe(enc, 0), "share": variance_share(enc, 0)}
+
+
+def main(argv=None) -> int:
+    """``python -m imagen_edu.t5_pretraining {train,eval}``: pretrain the cascade's toy T5
+    (:func:`cascade_encoder_config`: :data:`CASCADE_ENCODER` and the profile's ``t5`` overrides),
+    save it and record it in the manifest; or re-measure a checkpoint. Exit status 2 with one line for a bad argument, checked
+    before any work (:func:`imagen_edu.checkpoints.model_cli`)."""
+    def train_and_measure(prof, seed, out):
+        cfg = cascade_encoder_config(prof, seed)
+        start = time.perf_counter()
+        model, tok, trainer = pretrain(cfg, progress=sys.stderr.isatty())
+        seconds = time.perf_counter() - start
+        metrics = measure(model, tok)
+        metrics.update(train_seconds=round(seconds, 1), final_loss=round(sum(trainer.losses[-50:]) /
+                       len(trainer.losses[-50:]), 4), n_params=model.num_params(), steps=cfg.steps, train_threads=1)
+        save_t5(out, model, tok, cfg.to_dict(), {"profile": prof.name, "seed": seed})
+        return metrics
+
+    def load_checkpoint(ckpt, name):
+        return load_t5(ckpt if ckpt else checkpoints.verify(name))[:2]
+
+    return checkpoints.model_cli(
+        argv, prog="python -m imagen_edu.t5_pretraining", name=SHIPPED_NAME, filename="t5.safetensors",
+        description="Pretrain (on text alone) or re-measure chapter 2b's toy T5, the cascade's text encoder.",
+        train_and_measure=train_and_measure, load_checkpoint=load_checkpoint,
+        evaluate_checkpoint=lambda m, args, recorded: measure(*m))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

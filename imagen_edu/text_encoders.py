@@ -9,18 +9,21 @@ Imagen conditions its U-Nets on the output sequence of a *frozen* text-only enco
 (Saharia et al. 2022, Section 2.1): the encoder is never trained or fine-tuned with the images.
 The encoders here:
 
+* :class:`ToyT5Encoder`: the encoder half of chapter 2b's toy T5, pretrained on text alone; the
+  shipped one (``"toyt5"``) is the cascade's default, as T5-XXL is Imagen's;
 * :class:`LMTextEncoder`: the final hidden states of chapter 2's caption language model;
 * :class:`LMWordsAndStates`: that model read at its input layer *and* its final states,
   concatenated per token (chapter 5, "Which text features?");
-* :class:`CanonicalCaptions`: any encoder reading captions rewritten to ``left of`` / ``above``
-  (chapter 5, "Left of, right of");
+* :class:`CanonicalCaptions`: the **oracle** of an ablation, any encoder reading captions
+  rewritten by a hand-written rule to ``left of`` / ``above`` (chapter 5a, "Left of, right of");
+  never a default;
 * :class:`T5TextEncoder`: a Hugging Face ``T5EncoderModel`` (``t5-small`` ... ``google/t5-v1_1-xxl``,
   or any local folder), loaded lazily on first use;
 * :class:`CachedTextEncoder`: the same interface over a cache of an encoder's outputs
   (:mod:`imagen_edu.embcache`, chapter 6), so training never runs the encoder.
 
-:func:`get` picks one by name (``get("lm")``, ``get("lm+words")``, ``get("canonical:lm+words")``,
-``get("t5:NAME_OR_PATH")``; :func:`names` lists the forms) and keeps one instance per name and
+:func:`get` picks one by name (``get("toyt5")``, ``get("toyt5:PATH")``, ``get("lm")``,
+``get("lm+words")``, ``get("canonical:lm+words")``, ``get("t5:NAME_OR_PATH")``; :func:`names` lists the forms) and keeps one instance per name and
 device. :func:`register` adds a name.
 
 All return zeros at padding positions, and the embeddings of real tokens do not depend on how
@@ -37,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lm, t5
+from . import checkpoints, lm, t5
 from .data.captions import canonical_caption
 from .tokenizer import default_tokenizer
 
@@ -141,6 +144,10 @@ class LMTextEncoder(TextEncoder):
     def dim(self) -> int:
         return self.model.config.d_model
 
+    def input_layer(self, ids: torch.Tensor) -> torch.Tensor:
+        """The model's own input layer for ``ids (B, T)``: token embedding plus position, ``(B, T, D)``."""
+        return self.model.pos(self.model.tok_emb(ids))
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -156,27 +163,30 @@ class LMTextEncoder(TextEncoder):
 
 
 class LMWordsAndStates(TextEncoder):
-    """Chapter 2's frozen language model read at its input *and* its output: ``(B, T, 2 D)``.
+    """A frozen encoder read at its input *and* its output layer: ``(B, T, 2 D)``.
 
     A causal LM's final state at token t is built to predict token t+1. In the caption grammar
     nothing after a shape word depends on which shape it was, so the final states of
     ``a red circle`` and ``a red square`` are nearly equal (cosine similarity 0.9995 for the
     shipped model): a U-Net conditioned on them alone cannot learn shapes. This encoder
-    concatenates, per token, the LM's own (frozen) input layer ``pos(tok_emb(ids))`` (which word,
-    where) with its final hidden states (the context), each layer-normalised (no learned scale):
-    ``[LN(words_t), LN(h_t)]``, words first. Still a frozen text encoder, as in Imagen: nothing
-    here is trained with the images.
+    concatenates, per token, the model's own (frozen) input layer (``pos(tok_emb(ids))`` for
+    chapter 2's LM: which word, where; ``shared(ids)`` for the toy T5, which has no absolute
+    positions) with its final hidden states (the context), each layer-normalised (no learned
+    scale): ``[LN(words_t), LN(h_t)]``, words first. Still a frozen text encoder, as in Imagen:
+    nothing here is trained with the images.
 
     Args:
-        lm_encoder: an :class:`LMTextEncoder` (its model and tokenizer are read, not copied).
+        lm_encoder: an :class:`LMTextEncoder` or :class:`ToyT5Encoder` (its model and tokenizer
+            are read, not copied).
+        name: what :func:`get` resolves back to this encoder (``"lm+words"``, ``"toyt5+words"``).
 
     Derived in chapter 5 (Section "Which text features?").
     """
 
-    def __init__(self, lm_encoder: LMTextEncoder):
+    def __init__(self, lm_encoder: LMTextEncoder, name: str = "lm+words"):
         self.base = lm_encoder
         self.model, self.tokenizer = lm_encoder.model, lm_encoder.tokenizer
-        self.name = "lm+words"
+        self.name = name
 
     @property
     def dim(self) -> int:
@@ -189,9 +199,9 @@ class LMWordsAndStates(TextEncoder):
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``texts`` (B strings) -> ``(embeddings (B, T, 2 D), mask (B, T) bool)``; zeros on padding."""
         texts = self._check_texts(texts)
-        ids, mask = self.tokenizer.batch_encode(texts)
+        ids, mask = self.tokenizer.batch_encode(texts, add_bos=self.base.add_bos, add_eos=True)
         ids, mask = ids.to(self.base.device), mask.to(self.base.device)
-        words = self.model.pos(self.model.tok_emb(ids))          # (B, T, D): the LM's input layer
+        words = self.base.input_layer(ids)                        # (B, T, D): the model's input layer
         states = self.model.hidden(ids, mask)                    # (B, T, D): its final states
         D = words.shape[-1]
         out = torch.cat([F.layer_norm(words, (D,)), F.layer_norm(states, (D,))], dim=-1)
@@ -199,16 +209,15 @@ class LMWordsAndStates(TextEncoder):
 
 
 class CanonicalCaptions(TextEncoder):
-    """A frozen text encoder that reads every caption in its canonical form (``canonical:NAME``).
+    """The oracle of an ablation: a frozen encoder reading every caption in its canonical form (``canonical:NAME``).
 
     ``A right of B`` and ``B left of A`` mean the same scene; which object goes left depends on
-    the relation word *and* the word order together, an interaction that a small U-Net trained
-    for minutes does not find (chapter 5, "Left of, right of": the loss with the relation flipped
-    equals the loss with the true caption). Rewriting each caption with
-    :func:`imagen_edu.data.captions.canonical_caption` (relations ``left of`` / ``above`` only)
-    makes word order alone say where each object goes. A large pretrained encoder such as T5
-    has learned such equivalences from text; ours is handed this one. Text outside the caption
-    grammar passes through unchanged, so any encoder can be wrapped.
+    the relation word *and* the word order together. Rewriting each caption with the hand-written
+    rule :func:`imagen_edu.data.captions.canonical_caption` (relations ``left of`` / ``above``
+    only) makes word order alone say where each object goes. It stands in for what a text
+    encoder should learn, so it is only ever the labelled oracle beside the learned encoder
+    (chapter 5a, "Left of, right of"), never a default. Text outside the caption grammar passes
+    through unchanged, so any encoder can be wrapped.
 
     Args:
         encoder: the encoder that reads the rewritten captions (its ``dim`` and ``tokenizer`` are this one's).
@@ -323,11 +332,21 @@ class ToyT5Encoder(LMTextEncoder):
     def __init__(self, model, tokenizer, name: str = "toyt5"):
         super().__init__(model, tokenizer, name=name)
 
+    def input_layer(self, ids: torch.Tensor) -> torch.Tensor:
+        """T5's input layer for ``ids (B, T)``: the shared token embedding (no absolute positions), ``(B, T, D)``."""
+        return self.model.shared(ids)
+
     @classmethod
     def from_file(cls, path, device: str = "cpu") -> "ToyT5Encoder":
         """A checkpoint written by :func:`imagen_edu.t5.save_t5`."""
         model, tok, _ = t5.load_t5(path, device=device)
         return cls(model, tok, name=f"toyt5:{path}")
+
+    @classmethod
+    def from_shipped(cls, name: str = "t5", device: str = "cpu") -> "ToyT5Encoder":
+        """The shipped toy T5 (manifest entry ``name``, sha256-checked), under the encoder name ``"toyt5"``."""
+        model, tok, _ = t5.load_t5(checkpoints.verify(name), device=device)
+        return cls(model, tok, name="toyt5")
 
 
 class CachedTextEncoder(TextEncoder):
@@ -420,6 +439,12 @@ register("lm+words", lambda device: LMWordsAndStates(get("lm", device)),
          "the chapter-2 language model's input layer and final states, concatenated")
 register("canonical:NAME", lambda rest, device: CanonicalCaptions(get(rest, device)),
          "the encoder NAME reading canonical captions, e.g. 'canonical:lm+words'")
+register("toyt5", lambda device: ToyT5Encoder.from_shipped(device=device),
+         "chapter 2b's shipped toy T5 encoder, pretrained on text alone (data/checkpoints/t5.safetensors)")
+register("toyt5+words", lambda device: LMWordsAndStates(get("toyt5", device), "toyt5+words"),
+         "the shipped toy T5 read at its input layer and final states, concatenated")
+register("toyt5+words:PATH", lambda rest, device: LMWordsAndStates(get(f"toyt5:{rest}", device), f"toyt5+words:{rest}"),
+         "a toy T5 checkpoint read at its input layer and final states, e.g. 'toyt5+words:runs/t5.safetensors'")
 register("toyt5:PATH", lambda rest, device: ToyT5Encoder.from_file(rest, device=device),
          "chapter 2b's toy T5 encoder from a checkpoint file, e.g. 'toyt5:runs/t5.safetensors' (a file written by t5.save_t5)")
 register("t5:NAME_OR_PATH", lambda rest, device: T5TextEncoder(rest, device=device),

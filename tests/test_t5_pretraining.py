@@ -208,3 +208,39 @@ def test_pretrain_with_the_paraphrase_term_lowers_it(one_thread):
             after[weight] = P.paraphrase_loss(model, batch, cfg.paraphrase_temperature).item()
     assert 0.7 * math.log(4) < first[1.0] - first[0.0] < 1.2 * math.log(4), first
     assert after[1.0] < 0.8 * after[0.0], after
+
+
+def test_shipped_toy_t5_is_the_cascade_recipe_and_says_the_side_loudly():
+    """The shipped encoder (``toyt5``, sha256-checked) was pretrained with CASCADE_ENCODER under the
+    cpu profile, on text alone; re-measured now, each object's side is a large share of its states'
+    spread (the recorded figure) and the order of mention a tiny one."""
+    from imagen_edu import checkpoints, probe, profiles, text_encoders
+
+    entry = checkpoints.entry(P.SHIPPED_NAME)
+    assert entry["command"].startswith("python -m imagen_edu.t5_pretraining train --profile cpu")
+    _, _, meta = P.load_t5(checkpoints.verify(P.SHIPPED_NAME))
+    assert meta["pretrain"] == P.cascade_encoder_config(profiles.get("cpu")).to_dict()
+    assert meta["pretrain"]["paraphrase_weight"] > 0 and meta["pretrain"]["corpus"] == "described"
+    enc = text_encoders.get("toyt5")
+    assert isinstance(enc, text_encoders.ToyT5Encoder) and enc.name == "toyt5"
+    share = probe.variance_share(enc, 0)
+    for axis in ("horizontal", "vertical"):
+        assert share[axis]["side"] == pytest.approx(entry["metrics"]["share"][axis]["side"], abs=1e-3)
+        assert share[axis]["side"] > 0.1 > 30 * share[axis]["order"]
+
+
+def test_pretraining_command_line(tmp_path, one_thread, capsys):
+    """``python -m imagen_edu.t5_pretraining train`` writes a loadable T5 with its recipe and prints
+    its probe; a bad argument is one line and exit 2, before any work."""
+    import json
+
+    out = tmp_path / "t5.safetensors"
+    assert P.main(["train", "--profile", "ci", "--out", str(out), "--no-manifest"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 60 and set(printed["share"]) == {"horizontal", "vertical"}
+    model, tok, meta = P.load_t5(out)
+    assert meta["pretrain"]["paraphrase_weight"] == P.CASCADE_ENCODER["paraphrase_weight"]
+    assert P.main(["eval", "--ckpt", str(out)]) == 0 and "probe" in json.loads(capsys.readouterr().out)
+    assert P.main(["train", "--profile", "nope", "--out", str(tmp_path / "x.safetensors"), "--no-manifest"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--profile" in err and not (tmp_path / "x.safetensors").exists()

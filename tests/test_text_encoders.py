@@ -161,6 +161,30 @@ def test_lm_words_is_layernormed_words_then_states(lm_encoder):
     _check_interface(enc)
 
 
+def test_toy_t5_words_is_its_shared_embedding_then_its_states():
+    """``toyt5+words`` reads the toy T5 the same way: ``[LN(shared(ids)), LN(h_t)]`` per token, the
+    caption's words and ``<eos>`` with no ``<bos>``, zeros on padding; ``toyt5+words:PATH`` loads a file."""
+    base = text_encoders.get("toyt5")
+    enc = text_encoders.get("toyt5+words")
+    assert isinstance(enc, text_encoders.LMWordsAndStates) and enc.name == "toyt5+words"
+    assert enc.model is base.model and enc.dim == 2 * base.dim
+    emb, mask = enc.encode(TEXTS)
+    ids, m = base.tokenizer.batch_encode(TEXTS, add_bos=False, add_eos=True)
+    D = base.dim
+    with torch.no_grad():
+        words = F.layer_norm(base.model.shared(ids), (D,))
+        states = F.layer_norm(base.model.hidden(ids, m), (D,))
+    assert torch.equal(mask, m) and int(ids[0, 0]) != base.tokenizer.bos_id
+    assert torch.equal(emb[..., :D], words * m[..., None])
+    torch.testing.assert_close(emb[..., D:], states * m[..., None])
+    from imagen_edu import checkpoints
+    path = checkpoints.verify("t5")
+    again = text_encoders.get(f"toyt5+words:{path}")
+    assert again.name == f"toyt5+words:{path}"
+    torch.testing.assert_close(again.encode(TEXTS)[0], emb)
+    _check_interface(enc)
+
+
 class _Recorder(text_encoders.TextEncoder):
     """A stand-in encoder that records the texts it is given."""
 
