@@ -174,9 +174,9 @@ class ImagenSettings:
     :func:`imagen_edu.configs.stage_configs` builds the :class:`~imagen_edu.stage.StageConfig` s.
     """
 
-    # the chapter-2 LM read at its input and output layers (lm+words), fed canonical captions
-    # ("B left of A" for "A right of B"); a name for imagen_edu.text_encoders
-    text_encoder: str = "canonical:lm+words"
+    # chapter 2b's toy T5 encoder, pretrained on text alone and frozen (the shipped
+    # data/checkpoints/t5.safetensors); a name for imagen_edu.text_encoders
+    text_encoder: str = "toyt5"
     # shared by every stage
     timesteps: int = 1000
     objective: str = "v"

@@ -1,6 +1,6 @@
 """Tests of imagen_edu.profiles' cascade settings: every profile builds exactly the stage configs it
 built when ImagenSettings listed each stage's fields flat (tests/fixtures/stage_configs.json was
-written from that code, with the shipped text encoder's width)."""
+written from that code; the shipped text encoder and its width updated when it became the toy T5)."""
 
 import dataclasses
 import json
