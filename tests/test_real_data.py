@@ -232,9 +232,10 @@ def test_train_with_a_text_cache(tmp_path, capsys):
                    "--data", f"folder:{root}", "--text-cache", str(tmp_path / "cache")])
     assert rc == 0
     # a cache of another width: refused before training
-    build_cache(get_text_encoder("lm"), caps, tmp_path / "lm")
+    other = "lm+words" if get_text_encoder("lm+words").dim != get_text_encoder(name).dim else "lm"
+    build_cache(get_text_encoder(other), caps, tmp_path / "wide")
     rc = cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(tmp_path / "run2"),
-                   "--data", f"folder:{root}", "--text-cache", str(tmp_path / "lm")])
+                   "--data", f"folder:{root}", "--text-cache", str(tmp_path / "wide")])
     assert rc == 2 and "text_dim" in capsys.readouterr().err
     # a cache missing a training caption: the caption is named
     build_cache(get_text_encoder(name), caps[:2], tmp_path / "part")
@@ -242,11 +243,12 @@ def test_train_with_a_text_cache(tmp_path, capsys):
                    "--data", f"folder:{root}", "--text-cache", str(tmp_path / "part")])
     assert rc == 2 and "a green square" in capsys.readouterr().err
     # a cache of the same width from another encoder: refused, naming both
-    build_cache(get_text_encoder("lm+words"), caps, tmp_path / "plain")
+    same = next(n for n in ("lm", "lm+words") if get_text_encoder(n).dim == get_text_encoder(name).dim)
+    build_cache(get_text_encoder(same), caps, tmp_path / "plain")
     rc = cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(tmp_path / "run4"),
                    "--data", f"folder:{root}", "--text-cache", str(tmp_path / "plain")])
     err = capsys.readouterr().err
-    assert rc == 2 and "'lm+words'" in err and f"'{name}'" in err
+    assert rc == 2 and f"'{same}'" in err and f"'{name}'" in err
 
 
 def test_train_data_errors(tmp_path, capsys):

@@ -70,7 +70,7 @@ class Exercise:
 
 
 def chapter_path(name: str) -> Path:
-    """``book/NAME.ipynb`` for a chapter name (``"01_attention"``) or a path to a notebook."""
+    """The notebook under ``book/`` of a chapter name (``"01_attention"``), or a path to a notebook."""
     p = Path(name)
     return p if p.suffix == ".ipynb" else BOOK / f"{name}.ipynb"
 

@@ -1,4 +1,4 @@
-"""The generated parts of the instructor's guide pages (``book/instructor/CHAPTER.md``).
+"""The generated parts of the instructor's guide pages (one page per chapter under ``book/instructor/``).
 
 Each guide page is hand-written, except one block between two markers that this module writes
 from the measured cell times (``data/benchmarks/cell_times.json``, see :mod:`.timing`), the
@@ -10,7 +10,7 @@ chapter's exercises (:mod:`.chapters`) and the link to its slide deck::
 
 Regenerate every page after new measurements with ``python -m imagen_edu.classroom.guide``
 (``--check`` only reports stale pages). The quick checks of a page are jupyterquiz questions in
-``imagen_edu/classroom/quick_checks/CHAPTER.json``; the page shows them with
+``imagen_edu/classroom/quick_checks/`` (one JSON file per chapter); the page shows them with
 ``display_quiz`` and a chapter notebook can show the same file.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from . import chapters, timing
 
 GUIDE = chapters.BOOK / "instructor"
-OUTLINE = GUIDE / "outline.md"
+OUTLINE = (GUIDE / "outline").with_suffix(".md")
 QUIZZES = Path(__file__).resolve().parent / "quick_checks"
 BEGIN, END = "<!-- classroom:begin -->", "<!-- classroom:end -->"
 PROFILES = ("cpu", "gpu", "ci")
