@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from . import checkpoints, profiles
 from .clip import clip_loss
-from .data.captions import CONVERSE, parse_caption
+from .data.captions import CONVERSE, make_caption, parse_caption
 from .data.text_corpus import CORPORA, SEPARATOR, text_corpus
 from .t5 import IGNORE_INDEX, T5, T5Config, load_t5, save_t5, span_corruption
 from .probe import side_probe, variance_share
@@ -195,18 +195,10 @@ def paraphrase_groups(docs) -> list[tuple[str, str, str, str]]:
     groups = []
     for x, y in pairs.items():
         p = parse_caption(x)
-        contra = f"{' '.join(x.split()[:3])} {CONVERSE[p.relation]} {' '.join(x.split()[-3:])}"
+        contra = make_caption(p.objects, CONVERSE[p.relation])
         if contra in pairs:
             groups.append((x, y, contra, pairs[contra]))
     return groups
-
-
-def _ids(texts, tok: WordTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [tok.encode(t, add_bos=False, add_eos=True) for t in texts]
-    ids = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-    return ids, ids != tok.pad_id
 
 
 def paraphrase_batch(groups, tok: WordTokenizer, cfg: PretrainConfig, generator: torch.Generator):
@@ -218,7 +210,7 @@ def paraphrase_batch(groups, tok: WordTokenizer, cfg: PretrainConfig, generator:
     picks = torch.randint(len(groups), (cfg.paraphrase_facts,), generator=generator).tolist()
     xs = [t for i in picks for t in (groups[i][0], groups[i][2])]
     ys = [t for i in picks for t in (groups[i][1], groups[i][3])]
-    return (*_ids(xs, tok), *_ids(ys, tok))
+    return (*tok.batch_encode(xs, add_bos=False, add_eos=True), *tok.batch_encode(ys, add_bos=False, add_eos=True))
 
 
 def object_states(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
