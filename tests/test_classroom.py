@@ -189,6 +189,37 @@ def test_guide_pages_cover_every_chapter_and_their_tables_are_current():
     assert guide.OUTLINE.is_file()
 
 
+def test_readme_time_table_is_the_measured_one():
+    """The README's time table is generated from cell_times.json (the one table of measured times):
+    editing a figure by hand, or measuring a chapter without regenerating, makes this fail."""
+    text = guide.README.read_text(encoding="utf-8")
+    assert guide.render_readme(text) == text, "README.md's time table is stale: run python -m imagen_edu.classroom.guide"
+    data = {"cpu": {"01_attention": {"total_s": 276.4, "measured": "2026-12-01T10:00:00Z", "threads": "1",
+                                     "cells": [[3, 250.0, "fit()"], [4, 0.2, "x"]]}}}
+    table = timing.readme_table(["01_attention", "03_ddpm"], {"01_attention": "1. Attention"}, data)
+    assert "| 1. Attention (`01_attention`) | not measured yet | 4 min 36 s | not measured yet |" in table
+    assert table.splitlines()[-1].count("not measured yet") == 3  # a missing chapter leaves no sum
+
+
+def test_every_chapter_shows_its_measured_times_and_quick_checks():
+    """Each chapter's Time section reads the measured table (timing.show) rather than typing
+    figures, and each chapter shows its own quick checks in the page, before the exercises."""
+    for name in chapters.CHAPTERS:
+        nb = chapters.read(name)
+        srcs = [c.source for c in nb.cells]
+        t = next(i for i, s in enumerate(srcs) if s.startswith("## Time"))
+        assert srcs[t + 1].strip().endswith(f'timing.show("{name}")'), name
+        assert not re.search(r"\d+ ?(s|min|minutes|seconds)\b", srcs[t]), f"{name}: a typed time in its Time section"
+        q = next(i for i, s in enumerate(srcs) if s.startswith("## Quick checks"))
+        assert f'guide.quiz_path("{name}")' in srcs[q + 1], name
+        assert srcs[q + 2].startswith("## Exercises"), name
+    data = {"cpu": {"x": {"total_s": 61.0, "measured": "2026-12-01T10:00:00Z", "threads": "1",
+                          "cells": [[7, 55.2, "train(a | b)"], [2, 0.1, "import"]]}}}
+    table = timing.page_table("x", data)
+    assert "| `cpu` | 1 min 01 s | cell 7, 55 s: `train(a / b)` | 2026-12-01 |" in table
+    assert "| `gpu` | not measured yet | | |" in table
+
+
 def test_quick_checks_are_answerable():
     """Two or three quick checks per chapter, each with exactly one right answer (multiple
     choice) or a value (numeric), and feedback explaining it."""

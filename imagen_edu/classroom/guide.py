@@ -8,7 +8,9 @@ chapter's exercises (:mod:`.chapters`) and the link to its slide deck::
     ... generated: what to run before class, the exercises, the slides ...
     <!-- classroom:end -->
 
-Regenerate every page after new measurements with ``python -m imagen_edu.classroom.guide``
+The README's time table (between ``<!-- times:begin -->`` and ``<!-- times:end -->``) is
+generated from the same file. Regenerate every page and the README after new measurements with
+``python -m imagen_edu.classroom.guide``
 (``--check`` only reports stale pages). The quick checks of a page are jupyterquiz questions in
 ``imagen_edu/classroom/quick_checks/`` (one JSON file per chapter); the page shows them with
 ``display_quiz`` and a chapter notebook can show the same file.
@@ -27,6 +29,8 @@ GUIDE = chapters.BOOK / "instructor"
 OUTLINE = (GUIDE / "outline").with_suffix(".md")
 QUIZZES = Path(__file__).resolve().parent / "quick_checks"
 BEGIN, END = "<!-- classroom:begin -->", "<!-- classroom:end -->"
+README = chapters.ROOT / "README.md"
+TIMES_BEGIN, TIMES_END = "<!-- times:begin -->", "<!-- times:end -->"
 PROFILES = ("cpu", "gpu", "ci")
 
 
@@ -94,15 +98,30 @@ def render_page(text: str, name: str, data: dict | None = None) -> str:
     return pat.sub(lambda _: block(name, data), text, count=1)
 
 
+def chapter_title(name: str) -> str:
+    """The chapter's own title, from the first heading of its notebook (``5a. Text conditioning ...``)."""
+    first = chapters.read(name).cells[0].source.splitlines()[0]
+    return first.lstrip("#").strip()
+
+
+def render_readme(text: str, data: dict | None = None) -> str:
+    """The README with its time table (between the times markers) rebuilt from the measured times."""
+    pat = re.compile(re.escape(TIMES_BEGIN) + r".*?" + re.escape(TIMES_END), re.DOTALL)
+    if not pat.search(text):
+        raise ValueError(f"{README} has no {TIMES_BEGIN} ... {TIMES_END} block")
+    table = timing.readme_table(chapters.CHAPTERS, {n: chapter_title(n) for n in chapters.CHAPTERS}, data)
+    return pat.sub(lambda _: f"{TIMES_BEGIN}\n{table}\n{TIMES_END}", text, count=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m imagen_edu.classroom.guide", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only report stale pages (exit 1 if any)")
     args = ap.parse_args(argv)
     data, stale = timing.load(), []
-    for name in chapters.CHAPTERS:
-        p = page_path(name)
+    pages = [(page_path(n), lambda t, n=n: render_page(t, n, data)) for n in chapters.CHAPTERS]
+    for p, render in pages + [(README, lambda t: render_readme(t, data))]:
         old = p.read_text(encoding="utf-8")
-        new = render_page(old, name, data)
+        new = render(old)
         if new != old:
             stale.append(p)
             if not args.check:

@@ -8,6 +8,10 @@ The instructor's guide lists, per chapter, every cell that takes more than 30 s 
 
 Each cell entry is ``[cell index, wall seconds, first line]`` for code cells. Times come from the
 kernel's own execution timestamps (nbclient's ``record_timing``), so they exclude the start-up.
+
+This file is the book's one table of measured times: each chapter's *Time* section shows its
+rows with :func:`show` (:func:`page_table`), and the README's time table is :func:`readme_table`,
+written between two markers by ``python -m imagen_edu.classroom.guide``.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from IPython.display import Markdown, display
 from nbclient import NotebookClient
 
 from . import chapters
 
 TIMES = chapters.ROOT / "data" / "benchmarks" / "cell_times.json"
 SLOW_S = 30.0  # a cell slower than this is run before class
+PROFILES = ("ci", "cpu", "gpu")  # the order of the rows in every time table
 
 
 def _parse(ts: str) -> datetime:
@@ -86,3 +92,56 @@ def record(names: list[str], profile: str = "cpu", path: Path = TIMES) -> dict:
         for i, s, line in slow:
             print(f"  cell {i:3d}  {s:7.1f} s  {line}")
     return data
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``4 min 36 s``: a wall time as a reader says it."""
+    s = int(round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
+
+
+def _row_cells(entry: dict, n: int = 2) -> str:
+    slow = sorted(entry["cells"], key=lambda c: -c[1])[:n]
+    return "; ".join(f"cell {i}, {duration(t)}: `{line.replace('|', '/')[:48]}`" for i, t, line in slow
+                     if t >= 1.0) or "every cell under a second"
+
+
+def page_table(name: str, data: dict | None = None) -> str:
+    """The Markdown table of one chapter's measured times under each profile (its *Time* section)."""
+    data = load() if data is None else data
+    rows = ["| profile | whole page | slowest cells (index from 0) | measured |", "|---|---|---|---|"]
+    for profile in PROFILES:
+        entry = data.get(profile, {}).get(name)
+        if entry is None:
+            rows.append(f"| `{profile}` | not measured yet | | |")
+        else:
+            rows.append(f"| `{profile}` | {duration(entry['total_s'])} | {_row_cells(entry)} | "
+                        f"{entry['measured'][:10]} |")
+    return "\n".join(rows)
+
+
+def show(name: str, data: dict | None = None):
+    """Display :func:`page_table` in a notebook (a chapter's *Time* section calls this)."""
+    display(Markdown(page_table(name, data)))
+
+
+def readme_table(names: list[str], titles: dict[str, str], data: dict | None = None) -> str:
+    """The README's table: one row per chapter, one column per profile, and the sum of all pages."""
+    data = load() if data is None else data
+    rows = ["| chapter | " + " | ".join(f"`{p}`" for p in PROFILES) + " |",
+            "|---|" + "---|" * len(PROFILES)]
+    totals = {p: 0.0 for p in PROFILES}
+    for name in names:
+        cells = []
+        for p in PROFILES:
+            entry = data.get(p, {}).get(name)
+            if entry is None:
+                cells.append("not measured yet")
+                totals[p] = float("nan")
+            else:
+                cells.append(duration(entry["total_s"]))
+                totals[p] += entry["total_s"]
+        rows.append(f"| {titles.get(name, name)} (`{name}`) | " + " | ".join(cells) + " |")
+    rows.append("| every page, one after another | " + " | ".join(
+        "not measured yet" if totals[p] != totals[p] else f"**{duration(totals[p])}**" for p in PROFILES) + " |")
+    return "\n".join(rows)
