@@ -190,6 +190,14 @@ class ImagenSettings:
     n_eval: int = 200
     guidance_sweep: tuple = (1.0, 2.0, 3.0, 5.0, 8.0)
     n_grid: int = 8
+    # chapter 5a trains the base stage live (imagen_edu.live_training): its wall-time cap in
+    # seconds (training and snapshots together; under 5 minutes on 2 cores), the snapshots taken,
+    # the captions judged at each, and the cosine schedule's length (None: the stage's own steps,
+    # so that the live run is the opening of the shipped stage's run)
+    live_seconds: float = 270.0
+    live_points: int = 4
+    live_captions: int = 24
+    live_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,7 @@ PROFILES: dict[str, Profile] = {
                           batch_size=32, n_train_images=128, max_seconds=None, n_eval=20, n_zero_shot=36),
         imagen=ImagenSettings(
             timesteps=100, n_train_images=64, n_eval=8, guidance_sweep=(1.0, 3.0), n_grid=4,
+            live_seconds=15.0, live_points=3, live_captions=4, live_steps=100000,
             stages=stages_with(
                 base=dict(resolution=8, steps=4, batch_size=8, max_seconds=None, sample_steps=4,
                           unet=dict(channels=8, channel_mults=(1, 2), num_res_blocks=(1, 1),
@@ -271,6 +280,7 @@ PROFILES: dict[str, Profile] = {
                           n_train_images=20000, lr=1e-3, max_seconds=600.0),
         imagen=ImagenSettings(
             lr=1e-3, ema_decay=0.999, n_train_images=50000, n_eval=500,
+            live_seconds=240.0, live_points=4, live_captions=64,
             stages=stages_with(
                 base=dict(steps=8000, batch_size=128, max_seconds=1200.0,
                           unet=dict(channels=64, num_res_blocks=(2, 2, 2))),
