@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from imagen_edu.classroom.chapters import CHAPTERS
 from support import browser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,3 +77,16 @@ def test_page_images_have_alt_text(page, results):
         pytest.skip(f"{len(missing)} images without descriptive alt text (set the cell metadata "
                     f'{{"mystnb": {{"image": {{"alt": "..."}}}}}}; IMAGEN_EDU_BROWSER_ALT=required enforces this)')
     assert not missing, f"{page}: images without descriptive alt text: {missing}"
+
+
+QUIZ_PAGES = [pg for pg in PAGES if pg.startswith("book/") and Path(pg).stem in CHAPTERS]
+
+
+@pytest.mark.parametrize("page", QUIZ_PAGES or [pytest.param(None, marks=pytest.mark.skip(reason=str(REASON)))])
+def test_quick_checks_render_and_answer(page, results):
+    """Each chapter shows its quick checks in the page (jupyterquiz, offline), and answering a
+    question is checked there: clicking a right answer marks it right and shows its feedback."""
+    probe = results[page].probe
+    assert probe.get("quiz_questions", 0) >= 2, f"{page}: {probe.get('quiz_questions')} quick checks rendered"
+    if probe.get("quiz_click_checked") is not None:  # pages whose questions are all numeric have no button
+        assert probe["quiz_click_checked"], f"{page}: clicking the right answer showed no 'correct' feedback"

@@ -85,6 +85,14 @@ PROBE_JS = r"""
     var text = main.innerText || "";
     var free = outsideCode(main);
     var resources = performance.getEntriesByType("resource").map(function (r) { return r.name; });
+    // jupyterquiz quick checks: how many questions rendered, and does answering one check it?
+    var quizQns = document.querySelectorAll(".MultipleChoiceQn, .ManyChoiceQn, .NumericQn").length;
+    var quizClick = null, right = document.querySelector('.MCButton[data-correct="true"]');
+    if (right) {
+      right.click();
+      var fbs = Array.prototype.slice.call(document.querySelectorAll(".Feedback"));
+      quizClick = fbs.some(function (f) { return f.classList.contains("correct") && f.innerText.trim().length > 0; });
+    }
     var pre = document.createElement("pre");
     pre.id = "__PROBE_ID__";
     pre.style.display = "none";
@@ -104,6 +112,8 @@ PROBE_JS = r"""
       traceback: Array.prototype.some.call(document.querySelectorAll(".cell_output, .output"), function (e) {
         return (e.textContent || "").indexOf("Traceback (most recent call last)") >= 0; }),
       stderr_errors: stderr.filter(function (s) { return /Error/.test(s); }).map(function (s) { return s.slice(0, 300); }),
+      quiz_questions: quizQns,
+      quiz_click_checked: quizClick,
       js_errors: errors.slice(0, 10),
       failed_loads: failed.slice(0, 20),
       external: resources.filter(function (u) { return !/^(https?:\/\/127\.0\.0\.1[:\/]|data:|blob:)/.test(u); }).slice(0, 20)
