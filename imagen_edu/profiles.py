@@ -15,17 +15,25 @@ from :func:`current`, e.g. ``P = profiles.current(); P.lm.max_steps``.
 Each chapter has its own small frozen settings dataclass below (``AttentionSettings``,
 ``LMSettings``...), and a :class:`Profile` bundles one of each (chapter 2b's pretraining recipe is
 ``t5_pretraining.PretrainConfig``; a profile holds only its overrides, ``P.t5``).
+
+The smoke override: with ``IMAGEN_EDU_SMOKE=1`` (any value but empty, ``0``, ``false``, ``no``)
+:func:`current` returns :func:`smoke` of the chosen profile: its model sizes, with every
+run-length field (steps, batch sizes, image and sample counts, time budgets, sampling steps;
+:data:`RUN_LENGTH_FIELDS`) taken from the ``ci`` profile. So
+``IMAGEN_EDU_PROFILE=gpu IMAGEN_EDU_SMOKE=1`` executes every chapter with the ``gpu`` profile's
+models on a CPU in minutes: a size that no longer builds or fits shows up without a GPU.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 ENV_VAR = "IMAGEN_EDU_PROFILE"
+SMOKE_VAR = "IMAGEN_EDU_SMOKE"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +254,7 @@ PROFILES: dict[str, Profile] = {
                           batch_size=32, n_train_images=128, max_seconds=None, n_eval=20, n_zero_shot=36),
         imagen=ImagenSettings(
             timesteps=100, n_train_images=64, n_eval=8, guidance_sweep=(1.0, 3.0), n_grid=4,
-            live_seconds=15.0, live_points=3, live_captions=4, live_steps=100000,
+            live_seconds=20.0, live_points=3, live_captions=4, live_steps=100000,
             stages=stages_with(
                 base=dict(resolution=8, steps=4, batch_size=8, max_seconds=None, sample_steps=4,
                           unet=dict(channels=8, channel_mults=(1, 2), num_res_blocks=(1, 1),
@@ -324,7 +332,57 @@ def current() -> Profile:
     in a notebook takes effect for the cells after it.
     """
     name = os.environ.get(ENV_VAR, "").strip()
-    return get(name) if name else get(default_name())
+    prof = get(name) if name else get(default_name())
+    return smoke(prof) if smoke_enabled() else prof
+
+
+# ---------------------------------------------------------------------------------------------
+# The smoke override: a profile's model sizes with the ci profile's run lengths
+# ---------------------------------------------------------------------------------------------
+#: For each section of a :class:`Profile`, the fields that say how long a chapter runs (steps,
+#: batch sizes, how many images are rendered, judged or sampled, time budgets), as opposed to
+#: what it builds (widths, depths, heads, resolutions, the noise schedule's ``timesteps``).
+RUN_LENGTH_FIELDS: dict[str, tuple[str, ...]] = {
+    "attention": ("demo_steps", "batch_size"),
+    "data": ("n_judge_images", "n_grid_images", "bench_batch", "bench_batches"),
+    "lm": ("max_steps", "batch_size", "n_samples_eval"),
+    "t5": ("steps", "batch_size", "warmup_steps", "max_seconds"),
+    "diffusion": ("toy_steps", "toy_batch", "image_steps", "image_batch", "image_max_seconds", "n_train_images",
+                  "sample_steps", "n_samples"),
+    "clip": ("steps", "batch_size", "n_train_images", "max_seconds", "n_eval", "n_zero_shot"),
+    "imagen": ("n_train_images", "n_eval", "guidance_sweep", "n_grid", "live_seconds", "live_points",
+               "live_captions", "live_steps"),
+}
+#: The run-length fields of each cascade stage (``ImagenSettings.stages[name]``).
+STAGE_RUN_LENGTH_FIELDS: tuple[str, ...] = ("steps", "batch_size", "max_seconds", "sample_steps")
+
+
+def smoke_enabled() -> bool:
+    """Whether ``IMAGEN_EDU_SMOKE`` asks for the smoke override (set, and not ``0``/``false``/``no``)."""
+    return os.environ.get(SMOKE_VAR, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def smoke(profile: Profile) -> Profile:
+    """``profile`` with every field of :data:`RUN_LENGTH_FIELDS` (and every stage's
+    :data:`STAGE_RUN_LENGTH_FIELDS`) taken from the ``ci`` profile; model sizes stay ``profile``'s.
+
+    A stage the ci cascade lacks (the gpu profile's ``sr2``) takes the run lengths of ci's last
+    stage. The name stays (so chapters still report ``gpu``); the description says "smoke".
+    """
+    ci = PROFILES["ci"]
+    changes = {}
+    for section, names_ in RUN_LENGTH_FIELDS.items():
+        mine, theirs = getattr(profile, section), getattr(ci, section)
+        if isinstance(mine, dict):  # P.t5: overrides of PretrainConfig; ci's where ci sets one
+            changes[section] = {**mine, **{k: theirs[k] for k in names_ if k in theirs}}
+        else:
+            changes[section] = replace(mine, **{k: getattr(theirs, k) for k in names_})
+    ci_stages = ci.imagen.stages
+    last = list(ci_stages.values())[-1]
+    stages = {name: {**own, **{k: ci_stages.get(name, last)[k] for k in STAGE_RUN_LENGTH_FIELDS}}
+              for name, own in profile.imagen.stages.items()}
+    changes["imagen"] = replace(changes["imagen"], stages=stages)
+    return replace(profile, description=f"{profile.description} [smoke: the ci profile's run lengths]", **changes)
 
 
 @contextmanager
