@@ -29,7 +29,7 @@ BOOK = ROOT / "book"
 
 OPENING = ["What you will build", "What you need from earlier chapters"]
 CLOSING = {"Summary", "Where this is in Imagen"}
-ENDING = CLOSING | {"Time", "Exercises"}  # the H2 sections a chapter may end with
+ENDING = CLOSING | {"Time", "Quick checks", "Exercises"}  # the H2 sections a chapter may end with
 
 
 def toc_files() -> list[str]:
