@@ -1,8 +1,10 @@
 """The side probe (imagen_edu.probe): reads a frozen encoder's states without any image."""
 
+import json
+
 import torch
 
-from imagen_edu import probe
+from imagen_edu import DATA_DIR, probe, text_encoders
 from imagen_edu.data.captions import all_captions
 from imagen_edu.tokenizer import default_tokenizer
 
@@ -79,3 +81,23 @@ def test_variance_share_measures_how_loud_each_label_is():
         assert 0.0 <= loud_side[axis]["side"] <= 1.0
     silent = probe.variance_share(_Loud(0.0, 3.0), offset=1)
     assert silent["horizontal"]["side"] < 0.01
+
+
+def test_shipped_probe_table_covers_the_encoders_and_matches_a_live_measurement():
+    """data/benchmarks/text_encoder_probe.json (chapter 2b's table of every frozen encoder, the
+    paper's Fig. 4a/A.5 at toy scale) has the rows the comparison needs, and its shipped-T5 row is
+    what `probe.side_probe` / `probe.variance_share` measure today on the shipped encoder."""
+    rows = json.loads((DATA_DIR / "benchmarks" / "text_encoder_probe.json").read_text())["rows"]
+    for needle in ("bag of words", "causal LM", "lm+words", "CLIP", "random initialisation", "oracle",
+                   "32-wide", "64-wide", "128-wide"):
+        assert any(needle in k for k in rows), needle
+    for r in rows.values():
+        for axis in ("horizontal", "vertical"):
+            assert 0.0 <= r["probe"][axis]["test"] <= 1.0 and 0.0 <= r["share"][axis]["side"] <= 1.0
+    row = rows["toy T5 64-wide, span corruption + paraphrase (shipped)"]
+    enc = text_encoders.get("toyt5")
+    with torch.no_grad():
+        live_p, live_s = probe.side_probe(enc, 0), probe.variance_share(enc, 0)
+    for axis in ("horizontal", "vertical"):
+        assert abs(live_p[axis]["test"] - row["probe"][axis]["test"]) < 0.03, axis
+        assert abs(live_s[axis]["side"] - row["share"][axis]["side"]) < 0.01, axis
