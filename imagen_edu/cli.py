@@ -5,6 +5,10 @@
   ``DIR/imagen_STAGE.resume.safetensors`` (to resume) and an ``imagen_STAGE`` entry in
   ``DIR/manifest.json``. The stages train independently (a super-resolution stage learns from
   exact low/high-resolution renders), so they can train one after the other or side by side.
+  Under ``torchrun --nproc_per_node=N -m imagen_edu train ...`` the stage trains on ``N``
+  processes (one per GPU; gloo on the CPU) with DistributedDataParallel, or with ``--fsdp`` the
+  model sharded over them (:mod:`imagen_edu.stage_training`); rank 0 alone writes, and
+  ``--resume`` continues after any rank died. ``--save-every K``: the resume file's period.
 * ``sample --prompt TEXT --n N --seed S --guidance W --steps K --out DIR [--checkpoint-dir DIR]``:
   ``N`` PNG files at the cascade's final resolution, ``DIR/0_K.png``; with
   ``--prompts-file FILE`` every line of FILE is sampled (in batches), ``DIR/LINE_K.png`` with
@@ -45,6 +49,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
@@ -55,10 +60,10 @@ from .cascade import ImagenCascade, check_positive_int
 from .embcache import EmbeddingCache, build_cache, read_captions
 from .evaluate import eval_captions, evaluate_cascade
 from .arguments import ArgumentParser, check_real, check_seed
-from .errors import UsageError, run_cli
+from .errors import USER_ERRORS, UsageError, run_cli
 from .outputs import FolderLock, atomic_write, atomic_write_text, check_output_dir, check_output_file
 from .stage_training import check_stage_folder, train_command, train_stage
-from .train import dist_info, resolve_amp
+from .train import agree, dist_info, init_distributed, resolve_amp, resolve_device
 from .unet import UNetConfig
 
 __all__ = ["main", "build_parser", "save_png", "read_prompts", "parse_overrides", "apply_overrides", "data_pool"]
@@ -94,6 +99,11 @@ def build_parser() -> ArgumentParser:
     t.add_argument("--text-encoder", default=None,
                    help="text encoder name (toyt5, toyt5:PATH, lm, lm+words, canonical:NAME, t5:NAME_OR_PATH); the stage's text width follows it")
     t.add_argument("--text-cache", default=None, help="a folder written by 'embed': read embeddings from it")
+    t.add_argument("--save-every", type=int, default=200,
+                   help="write the resume file every this many steps (default 200; also at the end)")
+    t.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the weights, gradients, Adam state and EMA over the processes "
+                        "(torch's fully_shard) instead of a full copy on each; for models too big to replicate")
 
     s = sub.add_parser("sample", help="generate PNG images for prompts")
     g = s.add_mutually_exclusive_group(required=True)
@@ -308,6 +318,45 @@ def _warn_unknown_words(encoder, captions) -> None:
 
 
 def _train(args) -> int:
+    """Every rank makes every check, then (under torchrun) the ranks meet and agree: a mistake any
+    rank found stops each of them with the same line (exit 2) before any work. Checked one by
+    one, a rank that finished first would exit and torchrun would kill the slower ones mid-way."""
+    info = dist_info()
+    error = setup = None
+    try:
+        setup = _train_setup(args, info)
+    except USER_ERRORS as err:
+        error = err
+    own_group = False
+    if info.world_size > 1:
+        device = resolve_device(setup["device"] if setup else "cpu")
+        try:
+            own_group = init_distributed(device)
+        except USER_ERRORS:
+            if error is not None:  # not a real torchrun job: report the mistake itself
+                raise error from None
+            raise
+    try:
+        if info.world_size > 1:
+            agree(error, device)
+        elif error is not None:
+            raise error
+        res = train_stage(**setup["train"])
+    finally:
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
+    if not info.is_main:  # rank 0 reports for the job
+        return 0
+    print(json.dumps({"stage": args.stage, "profile": setup["profile"], "steps": res["steps"], "data": args.data,
+                      "seconds": round(res["seconds"], 1), "images_per_s": round(res["images_per_s"], 1),
+                      "world_size": info.world_size, "parallel": "fsdp" if args.fsdp else "ddp",
+                      "final_loss": round(sum(res["losses"][-50:]) / max(1, len(res["losses"][-50:])), 5)
+                      if res["losses"] else None, "path": str(res["path"])}))
+    return 0
+
+
+def _train_setup(args, info) -> dict:
+    """The checks and inputs of ``train``: ``{"profile", "device", "train": train_stage's arguments}``."""
     if args.profile is not None:
         os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
     prof = profiles.current()
@@ -330,15 +379,17 @@ def _train(args) -> int:
     # the output folder before anything is loaded or rendered: writable, and what it holds of this
     # stage fits --resume / --overwrite (train_stage checks again once it holds the folder's lock)
     check_stage_folder(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    # checks that need no step: world size, text cache, data
-    ws = dist_info().world_size
-    if ws > 1:
-        if cfg.batch_size % ws:
-            raise ValueError(f"the world size {ws} (processes started by torchrun) does not divide "
-                             f"batch_size={cfg.batch_size}: choose a batch (--set batch_size=...) that is a "
-                             f"multiple of {ws}")
-        raise ValueError(f"python -m imagen_edu train runs in one process, but torchrun started {ws}: "
-                         "for multi-GPU training use imagen_edu.train.Trainer (chapter 6)")
+    # checks that need no step: world size, text cache, data (every rank makes them, before the
+    # process group forms: a mistake stops each rank with the same line)
+    check_positive_int(args.save_every, "--save-every")
+    ws = info.world_size
+    if cfg.batch_size % ws:
+        raise ValueError(f"the world size {ws} (processes started by torchrun) does not divide "
+                         f"batch_size={cfg.batch_size}: choose a batch (--set batch_size=...) that is a "
+                         f"multiple of {ws}")
+    if args.fsdp and args.amp == "fp16":
+        raise ValueError("--fsdp does not run fp16 with a gradient scaler: use --amp bf16 (GPUs of compute "
+                         "capability 8.0+) or leave out --fsdp")
     if cache is not None:
         if cache.dim != cfg.text_dim:
             raise ValueError(f"{args.text_cache} holds {cache.dim}-d embeddings (encoder {cache.encoder_name!r}) "
@@ -357,6 +408,12 @@ def _train(args) -> int:
         if args.text_cache is None:
             _warn_unknown_words(encoder, pool[2])
     cmd = train_command(args.stage, prof.name, args.out)
+    if ws > 1:  # how the run was launched: torchrun with one process per GPU (per node)
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ws) or ws)
+        nodes = f"--nnodes={ws // per_node} " if per_node != ws else ""
+        cmd = cmd.replace("python -m", f"torchrun {nodes}--nproc_per_node={per_node} -m", 1)
+    if args.fsdp:
+        cmd += " --fsdp"
     if args.seed is not None:
         cmd += f" --seed {args.seed}"
     if args.steps is not None:
@@ -365,17 +422,18 @@ def _train(args) -> int:
         cmd += f" --data {args.data}"
     if args.text_encoder is not None:
         cmd += f" --text-encoder {args.text_encoder}"
+    if args.save_every != 200:
+        cmd += f" --save-every {args.save_every}"
     for item in args.overrides:
         cmd += f" --set {item}"
     if args.amp != "auto":
         cmd += f" --amp {args.amp}"
-    res = train_stage(cfg, encoder, out_dir=args.out, resume=args.resume, device=args.device or prof.device,
-                      command=cmd, profile=prof.name, amp=args.amp, overwrite=args.overwrite, **kw)
-    print(json.dumps({"stage": args.stage, "profile": prof.name, "steps": res["steps"], "data": args.data,
-                      "seconds": round(res["seconds"], 1), "images_per_s": round(res["images_per_s"], 1),
-                      "final_loss": round(sum(res["losses"][-50:]) / max(1, len(res["losses"][-50:])), 5)
-                      if res["losses"] else None, "path": str(res["path"])}))
-    return 0
+    device = args.device or prof.device
+    return {"profile": prof.name, "device": device,
+            "train": dict(config=cfg, encoder=encoder, out_dir=args.out, resume=args.resume, device=device,
+                          command=cmd, profile=prof.name, amp=args.amp, overwrite=args.overwrite,
+                          save_every=args.save_every, parallel="fsdp" if args.fsdp else "ddp",
+                          progress=info.is_main, **kw)}
 
 
 SAMPLE_RECORD = "sample.json"

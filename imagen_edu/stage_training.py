@@ -15,6 +15,16 @@ a time may train one stage into one folder (:class:`~imagen_edu.outputs.FolderLo
 folder that holds a run of the stage is continued (``resume``) or replaced (``overwrite``) only
 when asked; a replaced run's files stay until the new run's own replace them.
 
+Under torchrun (``torchrun --nproc_per_node=N -m imagen_edu train ...``, chapter 6) every rank
+renders the same pool and encodes the same captions (both are fixed by the config's seed: no
+rank waits for another, and nothing big crosses the network), checks the folder before the
+process group forms, and trains its share of each batch with DistributedDataParallel or, with
+``parallel="fsdp"``, with the model sharded (:class:`~imagen_edu.train.Trainer`). Rank 0 alone
+takes the folder's lock (a refusal stops every rank with the same line,
+:func:`~imagen_edu.train.agree`) and writes the resume file, the weights and the manifest
+entry. The batch of a step does not depend on the number of ranks (:func:`stage_batches`):
+``N`` processes with ``B / N`` examples each train what one process with ``B`` trains.
+
 Derived in chapter 5 (``book/05_imagen_cascade.ipynb``); the trainer in chapter 6.
 """
 
@@ -24,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,10 +43,11 @@ from .data.shapes import ShapesDataset
 from .embcache import TextCache
 from .errors import UsageError
 from .outputs import FolderLock, check_output_dir
+from .batching import derive_seed
 from .stage import ImagenStage, StageConfig, save_stage
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, agree, dist_info, init_distributed, resolve_device
 
-__all__ = ["stage_file", "train_command", "manifest_lock", "StageLoss", "stage_batches",
+__all__ = ["stage_file", "train_command", "manifest_lock", "StageLoss", "stage_batches", "batch_generator",
            "check_resume", "check_stage_folder", "train_stage", "RESUME_FREE"]
 
 
@@ -125,23 +137,44 @@ class StageLoss(nn.Module):
                                         aug_noise=batch.get("aug_noise"))
 
 
+def batch_generator(cfg: StageConfig) -> torch.Generator:
+    """The generator :func:`stage_batches` draws from: seeded like the trainer's own generator of
+    rank 0 (so one process draws what it always drew), and the same on every rank."""
+    return torch.Generator().manual_seed(derive_seed(cfg.seed, 0, 1))
+
+
 def stage_batches(cfg: StageConfig, highs: torch.Tensor, cap_ids: torch.Tensor, lows: torch.Tensor | None = None):
     """``batch_fn(step, rank, world_size, generator)`` for :class:`imagen_edu.train.Trainer`: a
     random batch of the pool with every random draw of the loss made here (text dropout, time
     steps, noise, augmentation level and noise), from the trainer's generator, so that a resumed
-    run draws exactly what an uninterrupted one would."""
+    run draws exactly what an uninterrupted one would.
+
+    The batch of a step is the same whatever the world size: every rank's generator is
+    :func:`batch_generator` (one stream, the same on each rank), every rank draws the random
+    numbers of the whole batch of ``cfg.batch_size`` and keeps its slice, examples
+    ``rank * b .. (rank + 1) * b - 1`` with ``b = batch_size / world_size``, and looks up only those
+    images. So ``N`` ranks compute the gradient one process computes (to float rounding), and a
+    run may resume on another number of GPUs as the same run. The price: each rank draws ``N``
+    times the random numbers it uses, chiefly the noise of the whole batch, ``batch_size * C * H
+    * W`` normal numbers per step (about a millisecond per million), which is small next to a
+    step's forward and backward pass at this book's sizes.
+    """
 
     def batch_fn(step, rank, world_size, g):
-        b = cfg.batch_size // world_size
-        idx = torch.randint(0, len(highs), (b,), generator=g)
-        x0 = highs[idx]
-        out = {"x0": x0, "caption_ids": cap_ids[idx], "drop": torch.rand(b, generator=g) < cfg.cond_drop_prob,
-               "t": torch.randint(0, cfg.timesteps, (b,), generator=g),
-               "noise": torch.randn(x0.shape, generator=g, dtype=x0.dtype)}
+        B = cfg.batch_size
+        b = B // world_size
+        mine = slice(rank * b, (rank + 1) * b)
+        idx = torch.randint(0, len(highs), (B,), generator=g)
+        drop = torch.rand(B, generator=g) < cfg.cond_drop_prob
+        t = torch.randint(0, cfg.timesteps, (B,), generator=g)
+        noise = torch.randn((B,) + tuple(highs.shape[1:]), generator=g, dtype=highs.dtype)
+        idx = idx[mine]
+        out = {"x0": highs[idx], "caption_ids": cap_ids[idx], "drop": drop[mine], "t": t[mine],
+               "noise": noise[mine]}
         if cfg.is_sr:
-            low = lows[idx]
-            out.update(lowres=low, aug_level=torch.rand(b, generator=g) * cfg.aug_max_level,
-                       aug_noise=torch.randn(low.shape, generator=g, dtype=low.dtype))
+            aug_level = torch.rand(B, generator=g) * cfg.aug_max_level
+            aug_noise = torch.randn((B,) + tuple(lows.shape[1:]), generator=g, dtype=lows.dtype)
+            out.update(lowres=lows[idx], aug_level=aug_level[mine], aug_noise=aug_noise[mine])
         return out
 
     return batch_fn
@@ -187,7 +220,7 @@ def _model_info(cfg: StageConfig) -> dict:
 def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool = False,
                 progress: bool = True, device=None, save_every: int = 200, command: str | None = None,
                 profile: str | None = None, log_every: int = 10, pool=None, amp: str = "auto",
-                overwrite: bool = False) -> dict:
+                overwrite: bool = False, parallel: str = "ddp") -> dict:
     """Train one stage of the cascade from scratch (or resume it) with :class:`imagen_edu.train.Trainer`.
 
     Renders a pool of ``config.n_train_images`` training scenes (at the stage's resolution, and
@@ -207,12 +240,19 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
     ``out_dir/manifest.json``. ``resume=True`` continues from the resume file exactly (a longer
     ``steps`` may be given to train a finished run further).
 
-    Returns a dict: ``stage`` (the EMA :class:`ImagenStage`, eval mode), ``raw`` (the trained
-    weights), ``losses``, ``steps`` (total), ``seconds`` (training time of this call),
-    ``images_per_s`` and ``path`` (or ``None``).
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls it with the same arguments: each checks
+    the folder before the process group forms (so no rank has written anything yet), rank 0
+    then takes the folder's lock and checks again, and a refusal there stops every rank with the
+    same error (:func:`~imagen_edu.train.agree`); only rank 0 writes. ``parallel``: ``"ddp"``
+    or ``"fsdp"`` (:class:`~imagen_edu.train.Trainer`). ``device="cuda"`` is each rank's own GPU.
+
+    Returns a dict: ``stage`` (the EMA :class:`ImagenStage`, eval mode; under FSDP on rank 0
+    only, ``None`` elsewhere), ``raw`` (the trained weights; under FSDP the sharded module),
+    ``losses``, ``steps`` (total), ``seconds`` (training time of this call), ``images_per_s`` and
+    ``path`` (or ``None``, and on ranks other than 0).
     """
     cfg = config
-    device = torch.device(device or "cpu")
+    device = resolve_device(device or "cpu")
     if out_dir is not None:  # the folder first: a mistake there costs no encoder load and no step
         check_stage_folder(cfg, out_dir, resume=resume, overwrite=overwrite)
     elif resume:
@@ -222,13 +262,25 @@ def train_stage(config: StageConfig, encoder=None, *, out_dir=None, resume: bool
     if encoder.dim != cfg.text_dim:
         raise ValueError(f"the text encoder gives {encoder.dim}-d embeddings but the stage expects "
                          f"text_dim={cfg.text_dim}")
+    args = (resume, progress, device, save_every, command, profile, log_every, pool, amp, overwrite, parallel)
     if out_dir is None:
-        return _train_stage(cfg, encoder, None, resume, progress, device, save_every, command, profile,
-                            log_every, pool, amp, overwrite)
-    with FolderLock(out_dir, f"imagen_{cfg.name}", what=f"stage {cfg.name!r}"):
-        check_stage_folder(cfg, out_dir, resume=resume, overwrite=overwrite)  # again, now that we hold the lock
-        return _train_stage(cfg, encoder, Path(out_dir), resume, progress, device, save_every, command, profile,
-                            log_every, pool, amp, overwrite)
+        return _train_stage(cfg, encoder, None, *args)
+    own_group = init_distributed(device)  # every rank checked the folder above, before anyone could write
+    lock = FolderLock(out_dir, f"imagen_{cfg.name}", what=f"stage {cfg.name!r}")
+    try:
+        error = None
+        if dist_info().is_main:  # rank 0 alone holds the lock and writes; the others wait for its verdict
+            try:
+                lock.__enter__()
+                check_stage_folder(cfg, out_dir, resume=resume, overwrite=overwrite)  # again, under the lock
+            except (ValueError, OSError) as err:
+                error = err
+        agree(error, device)
+        return _train_stage(cfg, encoder, Path(out_dir), *args)
+    finally:
+        lock.__exit__(None, None, None)
+        if own_group:
+            dist.destroy_process_group()
 
 
 def check_stage_folder(cfg: StageConfig, out_dir, *, resume: bool = False, overwrite: bool = False) -> Path:
@@ -255,7 +307,7 @@ def check_stage_folder(cfg: StageConfig, out_dir, *, resume: bool = False, overw
 
 
 def _train_stage(cfg, encoder, out_dir, resume, progress, device, save_every, command, profile, log_every, pool,
-                 amp, overwrite) -> dict:
+                 amp, overwrite, parallel) -> dict:
     rfile = _resume_file(out_dir, cfg.name) if out_dir is not None else None
     lows, highs, caps = _training_pool(cfg, progress) if pool is None else _check_pool(cfg, pool)
     cache = TextCache(encoder, caps)
@@ -271,18 +323,20 @@ def _train_stage(cfg, encoder, out_dir, resume, progress, device, save_every, co
     trainer = Trainer(module, lambda m, batch: m(batch), stage_batches(cfg, highs, cap_ids, lows), tcfg,
                       resume=resume, device=device, progress=progress, model_info=_model_info(cfg),
                       allow_changes=RESUME_FREE, overwrite=overwrite and not resume,
+                      generator=batch_generator(cfg), parallel=parallel,
                       **({} if rfile is None else {"checkpoint_name": rfile.name}))
     start_step = trainer.step
     t0 = time.perf_counter()
     try:
         losses = trainer.train()
+        ema = trainer.ema_model()  # under FSDP: gathered by every rank, onto rank 0
     finally:
         trainer.close()
     seconds = time.perf_counter() - t0
     new = trainer.step - start_step
-    ema, raw = trainer.ema_model().stage.eval(), trainer.model.stage.eval()
+    ema, raw = (None if ema is None else ema.stage.eval()), trainer.model.stage.eval()
     path = None
-    if out_dir is not None:
+    if out_dir is not None and trainer.dist.is_main:
         metrics = {"steps": trainer.step, "train_seconds": round(seconds, 1),
                    "images_per_s": round(new * cfg.batch_size / max(seconds, 1e-9), 1),
                    "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 5) if losses else None,

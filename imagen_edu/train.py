@@ -59,6 +59,16 @@ few keyword arguments of :class:`Trainer` let a chapter keep its own recipe):
   CUDA, ``gloo`` on the CPU); only rank 0 shows progress and writes checkpoints, after
   gathering every rank's generators (a checkpoint written on Ctrl-C holds rank 0's only, since
   the other ranks may be gone: it resumes correctly, but not bit-identically).
+* **Sharded training** with ``parallel="fsdp"`` (torch's FSDP2, ``fully_shard``): each rank
+  keeps ``1/N`` of the weights, gradients, Adam moments and EMA weights, and gathers a block's
+  full weights only while it computes (each element of an ``nn.ModuleList`` is one such block,
+  :func:`fsdp_units`). The update is the same arithmetic as DDP's on each shard (gradients
+  averaged, AdamW, clipping of the global norm, EMA), so both runs agree to float tolerance.
+  Checkpoints gather the full weights, EMA and moments to rank 0 and hold the same tensors as a
+  DDP checkpoint: one file that loads in one process, and resumes under either mode or another
+  world size (bit-identically under FSDP with the same world size, tested on the CPU). Not
+  available under FSDP: fp16 with a gradient scaler (use bf16), and a checkpoint on Ctrl-C
+  (gathering needs every rank: the last periodic checkpoint is kept).
 * **Bad input** fails before any step runs: a resume folder whose saved config differs (the
   differing fields are named), a checkpoint of another model (different parameter names or
   shapes), a world size or ``grad_accum`` that does not divide the batch.
@@ -92,11 +102,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from . import checkpoints, rng_state
 from .batching import derive_seed, split_batch, to_device
+from .errors import UsageError
 from .optim import ema_decay_at, ema_update, lr_at
 from .profiles import torch_threads
 
@@ -107,6 +120,11 @@ __all__ = [
     "resolve_amp",
     "DistInfo",
     "dist_info",
+    "resolve_device",
+    "init_distributed",
+    "agree",
+    "fsdp_units",
+    "PARALLEL_MODES",
     "CHECKPOINT_NAME",
     "RESUME_FREE_FIELDS",
 ]
@@ -115,6 +133,8 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "imagen_edu.train/1"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+#: how :class:`Trainer` spreads a model over the ranks of a torchrun job
+PARALLEL_MODES = ("ddp", "fsdp")
 #: config fields that may change when a run is resumed (they do not change the numbers computed)
 RESUME_FREE_FIELDS = ("out_dir", "checkpoint_every", "log_every", "max_seconds")
 
@@ -277,6 +297,78 @@ def dist_info() -> DistInfo:
     return DistInfo(vals["RANK"], vals["WORLD_SIZE"], vals["LOCAL_RANK"])
 
 
+def resolve_device(device=None) -> torch.device:
+    """The device of this process: ``device`` (default ``cuda`` when present, else ``cpu``), with
+    ``cuda`` meaning this rank's own GPU, ``cuda:LOCAL_RANK`` (one process per GPU under torchrun)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        info = dist_info()
+        device = torch.device("cuda", info.local_rank if info.world_size > 1 else torch.cuda.current_device())
+    return device
+
+
+def init_distributed(device) -> bool:
+    """Join the torchrun job's process group (``nccl`` on CUDA, ``gloo`` on the CPU) unless it is
+    joined already or there is no job (``WORLD_SIZE`` 1). Returns True when this call created it
+    (then the caller ends it with ``torch.distributed.destroy_process_group``)."""
+    if dist_info().world_size == 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def agree(error: BaseException | None, device=None) -> None:
+    """Every rank raises when any rank has an ``error`` (a user's mistake seen by one rank only,
+    e.g. rank 0 finding the output folder in use): the first failing rank's message, as a
+    :class:`~imagen_edu.errors.UsageError`, on every rank, so each stops with the same one line.
+    Without a process group it raises ``error`` itself. Collective: every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        if error is not None:
+            raise error
+        return
+    # one byte "+" (fine) or "!" and the message: gather_bytes sends no empty buffers
+    text = b"+" if error is None else b"!" + (" ".join(str(error).split()) or type(error).__name__).encode()
+    blobs = rng_state.gather_bytes(text, torch.device(device or "cpu"))
+    first = next((b[1:] for b in blobs if b[:1] == b"!"), None)
+    if first is not None:  # the same line on every rank
+        raise UsageError(first.decode()) from error
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """The blocks :class:`Trainer` shards one by one under ``parallel="fsdp"``: every element of an
+    ``nn.ModuleList`` that is called as a module (not itself a list or dict), e.g. the U-Net's
+    levels and a transformer's layers; the rest of the model is one more unit. Each unit's full
+    weights exist only while it computes, so the peak memory is one unit's weights on top of
+    ``1/N`` of everything."""
+    units = []
+    for m in model.modules():
+        if isinstance(m, nn.ModuleList):
+            units += [c for c in m if not isinstance(c, (nn.ModuleList, nn.ModuleDict))
+                      and any(True for _ in c.parameters())]
+    return units
+
+
+def _full(t):
+    """The whole tensor behind ``t``: a sharded ``DTensor`` is gathered (collective), others pass."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _shard_like(full: torch.Tensor, ref):
+    """``full`` laid out like ``ref``: this rank's shard when ``ref`` is a ``DTensor`` (no
+    communication: every rank read the same file), else ``full`` itself."""
+    if not isinstance(ref, DTensor):
+        return full
+    return distribute_tensor(full.detach().to(device=ref.device, dtype=ref.dtype), ref.device_mesh,
+                             ref.placements, src_data_rank=None)
+
+
 @contextlib.contextmanager
 def _defer_sigint():
     """Hold back Ctrl-C (SIGINT) until the block ends, so an optimizer update is never cut in half."""
@@ -368,11 +460,16 @@ class Trainer:
         generator: the batch generator handed to ``batch_fn``, seeded by you (default: a new
             one seeded from ``config.seed`` and the rank). Saved and restored like the default.
         desc: the progress bar's label.
+        parallel: ``"ddp"`` (every rank holds the whole model; DistributedDataParallel) or
+            ``"fsdp"`` (FSDP2's ``fully_shard`` of every :func:`fsdp_units` block and of the
+            model: weights, gradients, optimizer state and EMA sharded over the ranks). The
+            same in one process (no torchrun): the plain model.
 
     Attributes:
         step: optimizer steps done. ``losses``: the loss of every step (also restored on resume).
         history: every ``log_every`` steps a dict ``step, loss, lr, grad_norm, seconds``.
-        model: the plain module (not the DDP wrapper). ``resumed_from``: the checkpoint's step or None.
+        model: the plain module (not the DDP wrapper; under FSDP the sharded module, whose
+        parameters are ``DTensor`` shards). ``resumed_from``: the checkpoint's step or None.
         exact_resume: False when the resume cannot continue bit-identically (another world size
         or device, or ``allow_changes`` used); ``resume_changes``: the allowed differences found.
     """
@@ -382,7 +479,8 @@ class Trainer:
                  resume: bool = False, device=None, progress: bool = True, model_info: dict | None = None,
                  ddp_kwargs: dict | None = None, allow_changes=(), checkpoint_name: str = CHECKPOINT_NAME,
                  decay_vectors: bool = False, after_update: Callable[[nn.Module], None] | None = None,
-                 generator: torch.Generator | None = None, desc: str = "training", overwrite: bool = False):
+                 generator: torch.Generator | None = None, desc: str = "training", overwrite: bool = False,
+                 parallel: str = "ddp"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn) or not callable(batch_fn):
@@ -410,6 +508,8 @@ class Trainer:
             raise TypeError(f"after_update must be a callable or None, got {type(after_update).__name__}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
         self.config, self.loss_fn, self.batch_fn = config, loss_fn, batch_fn
         self.model_info, self.progress, self.desc = model_info, progress, desc
         self.after_update = after_update
@@ -438,27 +538,32 @@ class Trainer:
             ckpt = self._read_checkpoint(model)
 
         # --- device, mixed precision, process group
-        if device is None:
-            device = f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = resolve_device(device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
-        self._own_group = False
-        if ws > 1:
-            if not dist.is_available():
-                raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-                self._own_group = True
+        self.parallel = parallel
+        self.sharded = parallel == "fsdp" and ws > 1
+        if self.sharded and self.amp_dtype == torch.float16:
+            raise ValueError("parallel='fsdp' does not run fp16 with a gradient scaler: use amp='bf16' (GPUs of "
+                             "compute capability 8.0+) or parallel='ddp'")
+        self._own_group = init_distributed(self.device)
 
         # --- model, EMA, optimizer, gradient scaler
         self.model = model.to(self.device)
+        if self.sharded:  # every rank starts from rank 0's weights (DDP does this itself)
+            with torch.no_grad():
+                for t in list(self.model.parameters()) + list(self.model.buffers()):
+                    dist.broadcast(t.data, 0)
         self.ema = None
         if config.ema_decay is not None:
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self._template = None  # under FSDP: rank 0's plain copy that ema_model() fills with the gathered weights
+        if self.sharded:
+            if self.dist.is_main:
+                self._template = copy.deepcopy(self.model).cpu().requires_grad_(False).eval()
+            for module in [self.model] + ([self.ema] if self.ema is not None else []):
+                for unit in fsdp_units(module):
+                    fully_shard(unit)
+                fully_shard(module)
         self._param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         named = dict(self.model.named_parameters())
         decay = [n for n in self._param_names if decay_vectors or named[n].dim() >= 2]
@@ -469,7 +574,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr_at(0), betas=config.betas)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_model = self.model
-        if ws > 1:
+        if ws > 1 and not self.sharded:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.model, device_ids=ids, **(ddp_kwargs or {}))
             if self.ema is not None:  # DDP broadcast rank 0's weights: start the EMA from them too
@@ -508,9 +613,20 @@ class Trainer:
         """``out_dir / checkpoint_name`` (``None`` without an out_dir)."""
         return None if self.config.out_dir is None else Path(self.config.out_dir) / self.checkpoint_name
 
-    def ema_model(self) -> nn.Module:
-        """The EMA weights (eval mode) to sample with; the model itself when ``ema_decay`` is None."""
-        return self.ema if self.ema is not None else self.model
+    def ema_model(self) -> nn.Module | None:
+        """The EMA weights (eval mode) to sample with; the model itself when ``ema_decay`` is None.
+
+        Under FSDP the weights are gathered (call it on every rank) into a plain module on rank 0
+        (CPU; ``None`` on the other ranks).
+        """
+        source = self.ema if self.ema is not None else self.model
+        if not self.sharded:
+            return source
+        full = {k: self._whole(v) for k, v in source.state_dict().items()}
+        if not self.dist.is_main:
+            return None
+        self._template.load_state_dict(full)
+        return self._template
 
     def export(self, path, metadata: dict | None = None, *, ema: bool = True) -> Path | None:
         """Write only the weights for sampling (the EMA ones by default) with :func:`imagen_edu.checkpoints.save`.
@@ -518,12 +634,26 @@ class Trainer:
         ``metadata`` (e.g. the model's config) is stored with the step and the training config.
         Rank 0 writes; returns the path there and ``None`` on other ranks.
         """
+        if self.sharded:  # gather on every rank first
+            model = self.ema_model() if ema else self._gathered_model()
+        elif not self.dist.is_main:
+            return None
+        else:
+            model = self.ema_model() if ema else self.model
         if not self.dist.is_main:
             return None
-        model = self.ema_model() if ema else self.model
         meta = {"step": self.step, "train_config": self.config.to_dict(), "ema": ema and self.ema is not None,
                 **(metadata or {})}
         return checkpoints.save(path, model.state_dict(), meta)
+
+    def _gathered_model(self) -> nn.Module | None:
+        """Under FSDP: the trained weights gathered into a plain module on rank 0 (collective)."""
+        full = {k: self._whole(v) for k, v in self.model.state_dict().items()}
+        if not self.dist.is_main:
+            return None
+        module = copy.deepcopy(self._template)
+        module.load_state_dict(full)
+        return module
 
     def close(self) -> None:
         """Wait for every rank, then end the process group if this trainer started it."""
@@ -568,7 +698,7 @@ class Trainer:
             # and keep the last finished step on disk (rank 0; other ranks may be gone already)
             rng_state.restore(self._rng_snapshot, self.generator, self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            if cfg.out_dir is not None:
+            if cfg.out_dir is not None and not self.sharded:  # FSDP: gathering needs every rank
                 self.save_checkpoint(gather=False)
             raise
         finally:
@@ -604,7 +734,9 @@ class Trainer:
         for i, mb in enumerate(micro):
             mb = to_device(mb, self.device)
             sync = self.world_size == 1 or i == len(micro) - 1
-            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+            if self.sharded:  # FSDP2's no_sync: reduce-scatter the gradients after the last micro-batch only
+                self.train_model.set_requires_gradient_sync(sync)
+            with contextlib.nullcontext() if sync or self.sharded else self.train_model.no_sync():
                 with self._autocast():
                     loss = self.loss_fn(self.train_model, mb)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
@@ -626,7 +758,7 @@ class Trainer:
         with _defer_sigint():  # the update below is all or nothing, even under Ctrl-C
             if cfg.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
-                norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+                norm = float(_full(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)))
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.after_update is not None:
@@ -639,8 +771,17 @@ class Trainer:
         return value, lr, norm
 
     # ------------------------------------------------------------------ checkpoints
+    def _whole(self, t):
+        """For a checkpoint: ``t`` itself, or under FSDP the gathered tensor on rank 0's CPU (``None``
+        elsewhere: no rank but rank 0 holds the full state for longer than one tensor's gather)."""
+        if not self.sharded:
+            return t
+        full = _full(t)
+        return full.cpu() if self.dist.is_main else None
+
     def _optimizer_tensors(self) -> tuple[dict, dict, list]:
-        """Optimizer state as ``optim/<param name>/<slot>`` tensors, non-tensor slots, and param groups."""
+        """Optimizer state as ``optim/<param name>/<slot>`` tensors, non-tensor slots, and param groups
+        (under FSDP each moment is gathered whole: call it on every rank)."""
         sd = self.optimizer.state_dict()
         index = {}  # optimizer's integer id -> parameter name
         groups = []
@@ -652,7 +793,7 @@ class Trainer:
             name = index[pid]
             for slot, v in slots.items():
                 if isinstance(v, torch.Tensor):
-                    tensors[f"optim/{name}/{slot}"] = v
+                    tensors[f"optim/{name}/{slot}"] = self._whole(v)
                 else:
                     extra.setdefault(name, {})[slot] = v
         return tensors, extra, groups
@@ -671,13 +812,19 @@ class Trainer:
             rngs = {str(r): rng_state.from_bytes(b) for r, b in enumerate(blobs)}
         else:
             rngs = {str(self.rank): rng_state.jsonable(self._rng_snapshot)}
+        if self.sharded:  # gather every shard (collective), in the same order on every rank
+            tensors = {f"model/{k}": self._whole(v) for k, v in self.model.state_dict().items()}
+            if self.ema is not None:
+                tensors.update({f"ema/{k}": self._whole(v) for k, v in self.ema.state_dict().items()})
+            opt_tensors, opt_extra, groups = self._optimizer_tensors()
         if not self.dist.is_main:
             self._saved_step = self.step  # every rank must agree on what is saved (see train())
             return None
-        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
-        if self.ema is not None:
-            tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
-        opt_tensors, opt_extra, groups = self._optimizer_tensors()
+        if not self.sharded:
+            tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+            if self.ema is not None:
+                tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
+            opt_tensors, opt_extra, groups = self._optimizer_tensors()
         tensors.update(opt_tensors)
         tensors["train/losses"] = torch.tensor(self.losses, dtype=torch.float64)
         rng_json = {}
@@ -691,6 +838,7 @@ class Trainer:
             "step": self.step,
             "config": self.config.to_dict(),
             "world_size": self.world_size,
+            "parallel": self.parallel,
             "model_info": self.model_info,
             "param_groups": groups,
             "optim_extra": opt_extra,
@@ -735,19 +883,23 @@ class Trainer:
 
     def _load_state(self, tensors: dict, meta: dict) -> None:
         dev = self.device
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        if self.ema is not None:
-            self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
+        for prefix, module in (("model/", self.model), ("ema/", self.ema)):
+            if module is not None:  # under FSDP each rank keeps its shard of the full tensors read
+                ref = module.state_dict()
+                module.load_state_dict({k[len(prefix):]: _shard_like(v, ref[k[len(prefix):]])
+                                        for k, v in tensors.items() if k.startswith(prefix)})
         # optimizer: rebuild its state_dict with this optimizer's integer ids
         sd = self.optimizer.state_dict()
         ids = {}
         for g_sd, names in zip(sd["param_groups"], self._group_names):
             ids.update(dict(zip(names, g_sd["params"])))
         state: dict = {}
+        params = dict(self.model.named_parameters())
         for key, v in tensors.items():
             if key.startswith("optim/"):
                 name, slot = key[len("optim/"):].rsplit("/", 1)
-                state.setdefault(ids[name], {})[slot] = v
+                p = params[name]
+                state.setdefault(ids[name], {})[slot] = v if slot == "step" else _shard_like(v, p)
         for name, slots in meta.get("optim_extra", {}).items():
             state.setdefault(ids[name], {}).update(slots)
         groups = []
