@@ -40,12 +40,15 @@ from . import text_encoders
 from .arguments import check_int, check_real, check_seed
 from .cascade import check_prompts, image_seed, stage_seed
 from .data.captions import parse_caption
+from .data.shapes import ShapesDataset
 from .evaluate import attribute_accuracy
 from .stage import ImagenStage, StageConfig
 from .stage_training import train_stage
 
-__all__ = ["Snapshot", "LiveRun", "judge_stage", "train_with_snapshots", "ACCURACY_KEYS"]
+__all__ = ["Snapshot", "LiveRun", "judge_stage", "train_with_snapshots", "training_scenes", "ACCURACY_KEYS"]
 
+#: the share of ``seconds`` kept back for what the estimates miss (a machine that gets busier)
+RESERVE = 0.03
 #: the steps of margin kept per round: the trainer checks its budget before a step, so a round may end one late
 MARGIN_STEPS = 3
 
@@ -149,12 +152,15 @@ def train_with_snapshots(config: StageConfig, encoder=None, *, seconds: float, p
             temporary folder, removed at the end.
 
     Time: before training, one guided network call on the caption batch is timed to estimate a
-    snapshot's cost, and a zero-step call of :func:`train_stage` renders the pool, encodes the
-    captions and writes the step-0 resume file, which times a round's set-up (each call renders
-    and encodes again). Each round then gets an equal share of what is left after the remaining
+    snapshot's cost, the pool is rendered once (:func:`training_scenes`), and a zero-step call of
+    :func:`train_stage` encodes the captions and writes the step-0 resume file, which times a
+    round's set-up (each call encodes again and reads the resume file). Each round then gets an equal share of what is left after the remaining
     snapshots and set-ups. The trainer checks its budget before every step, so a round may end
-    one step late; :data:`MARGIN_STEPS` steps of margin are kept for it. A run that finishes its
-    ``config.steps`` early skips the remaining rounds (``LiveRun.finished``).
+    one step late; :data:`MARGIN_STEPS` steps of margin are kept for it, and :data:`RESERVE` of
+    ``seconds`` for what the estimates miss. When the time left cannot
+    pay for every remaining round (a busy machine), fewer rounds are planned, so there may be fewer
+    snapshots than ``points``; a run that finishes its ``config.steps`` early skips the remaining
+    rounds (``LiveRun.finished``).
 
     Raises ``TypeError``/``ValueError`` naming the argument for bad input, and ``ValueError`` if
     ``seconds`` cannot pay even for the snapshots.
@@ -186,8 +192,8 @@ def train_with_snapshots(config: StageConfig, encoder=None, *, seconds: float, p
 
 
 def _snapshot_cost(cfg, encoder, captions, guidance, sample_steps, device) -> float:
-    """Seconds one snapshot will take: one timed guided call (a doubled batch) times the DDIM steps,
-    plus the judge. Sampling costs the same whatever the weights, so an untrained stage times it."""
+    """Seconds one snapshot will take: a guided call (a doubled batch, the median of three timings)
+    times the DDIM steps, plus the judge. Sampling costs the same whatever the weights, so an untrained stage times it."""
     torch.manual_seed(cfg.seed)
     probe = ImagenStage(cfg).to(device).eval()
     w, k, *_ = probe.check_sampling(guidance=guidance, steps=sample_steps)
@@ -197,38 +203,64 @@ def _snapshot_cost(cfg, encoder, captions, guidance, sample_steps, device) -> fl
     x = torch.zeros(b * calls, 3, R, R, device=device)
     t = torch.full((b * calls,), cfg.timesteps // 2, device=device)
     e, m = emb.float().to(device).repeat(calls, 1, 1), mask.to(device).repeat(calls, 1)
+    times = []
     with torch.no_grad():
         probe(x, t, text_emb=e, text_mask=m)  # the first call pays for allocations
-        start = time.perf_counter()
-        probe(x, t, text_emb=e, text_mask=m)
-        one = time.perf_counter() - start
-    return k * one * 1.3 + 0.1  # sampler bookkeeping, thresholding and the judge
+        for _ in range(3):
+            start = time.perf_counter()
+            probe(x, t, text_emb=e, text_mask=m)
+            times.append(time.perf_counter() - start)
+    return k * sorted(times)[1] * 1.4 + 0.1  # the median call; sampler bookkeeping, thresholding, the judge
+
+
+def _share(time_left: float, rounds: int, cost: float) -> float:
+    """Each of ``rounds`` rounds' training budget: an equal share of ``time_left`` once every
+    round's ``cost`` (its set-up, snapshot and margin) is paid."""
+    return (time_left - rounds * cost) / rounds
+
+
+def training_scenes(cfg: StageConfig):
+    """The base stage's training pool, rendered once: ``(None, images (N, 3, R, R) in [-1, 1], captions)``.
+
+    The ``cfg.n_train_images`` scenes of the ``train`` split that :func:`train_stage` renders itself
+    (same resolution, seed and share of two-object scenes), given to every round as ``pool`` so
+    that the rounds do not render them again.
+    """
+    ds = ShapesDataset("train", cfg.resolution, length=cfg.n_train_images, seed=cfg.seed,
+                       two_object_fraction=cfg.two_object_fraction)
+    images, captions = ds.batch(range(cfg.n_train_images))
+    return None, images, list(captions)
 
 
 def _rounds(cfg, encoder, folder, captions, points, t0, deadline, snap_cost, seed, guidance, sample_steps, device,
             progress) -> LiveRun:
+    total, pool = deadline - t0, training_scenes(cfg)
+
     def call(config, resume):
         """One call of the book's trainer: its result and the seconds it spent outside training steps."""
         start = time.perf_counter()
         out = train_stage(config, encoder, out_dir=folder, resume=resume, progress=progress, device=device,
-                          save_every=0, log_every=max(1, cfg.steps))
+                          save_every=0, log_every=max(1, cfg.steps), pool=pool)
         return out, max(0.0, time.perf_counter() - start - out["seconds"])
 
-    # a zero-step call: the pool, the text cache, the model and a resume file at step 0, timed
+    # a zero-step call: the text cache, the model and a resume file at step 0, timed
     result, setup = call(cfg.replace(steps=0, max_seconds=None), resume=False)
+    deadline -= RESERVE * total
     snapshots, round_steps, losses = [], [], []
     step_time, train_seconds, steps = 0.0, 0.0, 0
     for k in range(points):
-        left = points - k
-        reserve = left * (snap_cost + setup + MARGIN_STEPS * step_time)
-        budget = (deadline - time.perf_counter() - reserve) / left
+        cost, left = snap_cost + setup + MARGIN_STEPS * step_time, points - k
+        while left > 1 and _share(deadline - time.perf_counter(), left, cost) <= 0:
+            left -= 1  # the time left cannot pay for every remaining round: plan fewer
+        budget = _share(deadline - time.perf_counter(), left, cost)
         if budget <= 0:
             if k == 0:
-                raise ValueError(f"seconds={deadline - t0:g} leaves no time to train: setting up takes about "
+                raise ValueError(f"seconds={total:g} leaves no time to train: setting up takes about "
                                  f"{setup:.1f} s per round and {points} snapshots of {len(captions)} captions "
                                  f"about {points * snap_cost:.1f} s")
             break
-        result, setup = call(cfg.replace(max_seconds=budget), resume=True)
+        result, took = call(cfg.replace(max_seconds=budget), resume=True)
+        setup = max(setup, took)
         done = result["steps"] - steps
         if done:
             step_time = max(step_time, result["seconds"] / done)
@@ -238,7 +270,7 @@ def _rounds(cfg, encoder, folder, captions, points, t0, deadline, snap_cost, see
         images, acc = judge_stage(result["stage"], encoder, captions, seed=seed, guidance=guidance,
                                   sample_steps=sample_steps)
         snapshots.append(Snapshot(step=steps, seconds=time.perf_counter() - t0, accuracy=acc, images=images))
-        if steps >= cfg.steps:
+        if steps >= cfg.steps or left == 1:
             break
     return LiveRun(stage=result["stage"], losses=losses, steps=steps, round_steps=round_steps, snapshots=snapshots,
                    captions=captions, seconds=time.perf_counter() - t0, train_seconds=train_seconds,

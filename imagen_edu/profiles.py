@@ -19,9 +19,9 @@ Each chapter has its own small frozen settings dataclass below (``AttentionSetti
 The smoke override: with ``IMAGEN_EDU_SMOKE=1`` (any value but empty, ``0``, ``false``, ``no``)
 :func:`current` returns :func:`smoke` of the chosen profile: its model sizes, with every
 run-length field (steps, batch sizes, image and sample counts, time budgets, sampling steps;
-:data:`RUN_LENGTH_FIELDS`) taken from the ``ci`` profile. So
-``IMAGEN_EDU_PROFILE=gpu IMAGEN_EDU_SMOKE=1`` executes every chapter with the ``gpu`` profile's
-models on a CPU in minutes: a size that no longer builds or fits shows up without a GPU.
+:data:`RUN_LENGTH_FIELDS`; the diffusion chains' ``timesteps`` too) taken from the ``ci``
+profile. So ``IMAGEN_EDU_PROFILE=gpu IMAGEN_EDU_SMOKE=1`` executes every chapter with the ``gpu``
+profile's models on a CPU in minutes: a size that no longer builds or fits shows up without a GPU.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class ImagenSettings:
     # so that the live run is the opening of the shipped stage's run)
     live_seconds: float = 270.0
     live_points: int = 4
-    live_captions: int = 24
+    live_captions: int = 16
     live_steps: int | None = None
 
 
@@ -340,18 +340,19 @@ def current() -> Profile:
 # The smoke override: a profile's model sizes with the ci profile's run lengths
 # ---------------------------------------------------------------------------------------------
 #: For each section of a :class:`Profile`, the fields that say how long a chapter runs (steps,
-#: batch sizes, how many images are rendered, judged or sampled, time budgets), as opposed to
-#: what it builds (widths, depths, heads, resolutions, the noise schedule's ``timesteps``).
+#: batch sizes, how many images are rendered, judged or sampled, time budgets, and the diffusion
+#: chain's length ``timesteps``: chapter 3 runs full T-step DDPM chains), as opposed to what it
+#: builds (widths, depths, heads, resolutions: no weight's shape depends on ``timesteps``).
 RUN_LENGTH_FIELDS: dict[str, tuple[str, ...]] = {
     "attention": ("demo_steps", "batch_size"),
     "data": ("n_judge_images", "n_grid_images", "bench_batch", "bench_batches"),
     "lm": ("max_steps", "batch_size", "n_samples_eval"),
     "t5": ("steps", "batch_size", "warmup_steps", "max_seconds"),
-    "diffusion": ("toy_steps", "toy_batch", "image_steps", "image_batch", "image_max_seconds", "n_train_images",
-                  "sample_steps", "n_samples"),
+    "diffusion": ("timesteps", "toy_steps", "toy_batch", "image_steps", "image_batch", "image_max_seconds",
+                  "n_train_images", "sample_steps", "n_samples"),
     "clip": ("steps", "batch_size", "n_train_images", "max_seconds", "n_eval", "n_zero_shot"),
-    "imagen": ("n_train_images", "n_eval", "guidance_sweep", "n_grid", "live_seconds", "live_points",
-               "live_captions", "live_steps"),
+    "imagen": ("timesteps", "n_train_images", "n_eval", "guidance_sweep", "n_grid", "live_seconds",
+               "live_points", "live_captions", "live_steps"),
 }
 #: The run-length fields of each cascade stage (``ImagenSettings.stages[name]``).
 STAGE_RUN_LENGTH_FIELDS: tuple[str, ...] = ("steps", "batch_size", "max_seconds", "sample_steps")
