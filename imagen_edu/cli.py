@@ -8,7 +8,9 @@
   Under ``torchrun --nproc_per_node=N -m imagen_edu train ...`` the stage trains on ``N``
   processes (one per GPU; gloo on the CPU) with DistributedDataParallel, or with ``--fsdp`` the
   model sharded over them (:mod:`imagen_edu.stage_training`); rank 0 alone writes, and
-  ``--resume`` continues after any rank died. ``--save-every K``: the resume file's period.
+  ``--resume`` continues after any rank died. ``--save-every K``: the resume file's period;
+  ``--config NAME``: a named config (e.g. ``paper/base64``, the case for ``--fsdp``) instead of
+  the profile's stage.
 * ``sample --prompt TEXT --n N --seed S --guidance W --steps K --out DIR [--checkpoint-dir DIR]``:
   ``N`` PNG files at the cascade's final resolution, ``DIR/0_K.png``; with
   ``--prompts-file FILE`` every line of FILE is sampled (in batches), ``DIR/LINE_K.png`` with
@@ -78,6 +80,9 @@ def build_parser() -> ArgumentParser:
     t = sub.add_parser("train", help="train one stage of the cascade")
     t.add_argument("--stage", required=True, choices=["base", "sr1", "sr2"])
     t.add_argument("--profile", default=None, help="compute profile: ci, cpu or gpu (default: the current one)")
+    t.add_argument("--config", default=None, metavar="NAME",
+                   help="train a named config (see 'configs', e.g. paper/base64 with --stage base) instead of the "
+                        "profile's stage; the profile still chooses the device")
     t.add_argument("--out", required=True, help="output folder (checkpoints and manifest.json)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/imagen_STAGE.resume.safetensors")
     t.add_argument("--overwrite", action="store_true",
@@ -360,7 +365,12 @@ def _train_setup(args, info) -> dict:
     if args.profile is not None:
         os.environ[profiles.ENV_VAR] = profiles.get(args.profile).name
     prof = profiles.current()
-    cfg = configs.stage_config(args.stage, prof)
+    if args.config is not None:
+        cfg = configs.get(args.config).stage
+        if cfg.name != args.stage:
+            raise ValueError(f"--config {args.config} is a {cfg.name!r} stage, not {args.stage!r}: pass --stage {cfg.name}")
+    else:
+        cfg = configs.stage_config(args.stage, prof)
     changes = {}
     if args.seed is not None:
         changes["seed"] = check_seed(args.seed, "--seed")
@@ -414,6 +424,8 @@ def _train_setup(args, info) -> dict:
         cmd = cmd.replace("python -m", f"torchrun {nodes}--nproc_per_node={per_node} -m", 1)
     if args.fsdp:
         cmd += " --fsdp"
+    if args.config is not None:
+        cmd += f" --config {args.config}"
     if args.seed is not None:
         cmd += f" --seed {args.seed}"
     if args.steps is not None:

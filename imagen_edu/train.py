@@ -66,7 +66,8 @@ few keyword arguments of :class:`Trainer` let a chapter keep its own recipe):
   averaged, AdamW, clipping of the global norm, EMA), so both runs agree to float tolerance.
   Checkpoints gather the full weights, EMA and moments to rank 0 and hold the same tensors as a
   DDP checkpoint: one file that loads in one process, and resumes under either mode or another
-  world size (bit-identically under FSDP with the same world size, tested on the CPU). Not
+  world size (bit-identically with the same world size, under FSDP as under DDP: measured on
+  the CPU by ``experiments/distributed/check_torchrun.py``). Not
   available under FSDP: fp16 with a gradient scaler (use bf16), and a checkpoint on Ctrl-C
   (gathering needs every rank: the last periodic checkpoint is kept).
 * **Bad input** fails before any step runs: a resume folder whose saved config differs (the
