@@ -16,11 +16,13 @@ exercise; :func:`table` formats them.
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 from nbgrader.api import Gradebook
+from sqlalchemy.exc import SAWarning
 
 from . import chapters, student
 
@@ -64,7 +66,9 @@ def grade(folder: Path, course: Path, timeout: int = 1800) -> list[Score]:
         res = nbg.autograde(chapter, who, force=True, create=True)
         if not res["success"]:
             raise RuntimeError(f"nbgrader could not grade {nb}:\n{res['error']}\n{res['log']}")
-        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb, warnings.catch_warnings():
+            # nbgrader's own session bookkeeping warns here (SQLAlchemy autoflush); nothing for the instructor
+            warnings.simplefilter("ignore", SAWarning)
             sub = gb.find_submission_notebook(chapter, chapter, who)
             scores += [Score(who, chapter, g.name, float(g.score), float(g.max_score))
                        for g in sorted(sub.grades, key=lambda g: g.cell.id)]
