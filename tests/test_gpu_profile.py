@@ -212,6 +212,7 @@ def test_smoke_caps_the_gpu_profile():
     s = profiles.smoke(GPU)
     assert s.diffusion.image_steps <= 10 and s.clip.steps <= 50 and s.lm.max_steps <= 50 and s.t5["steps"] <= 100
     assert s.imagen.live_seconds <= 30 and s.imagen.n_train_images <= 100 and s.diffusion.sample_steps <= 10
+    assert s.diffusion.timesteps <= 100 and s.imagen.timesteps <= 100  # full DDPM chains are T steps long
     assert all(own["steps"] <= 10 and own["batch_size"] <= 8 and own["sample_steps"] <= 10
                for own in s.imagen.stages.values())
     assert s.lm.d_model == GPU.lm.d_model and s.diffusion.unet_channels == GPU.diffusion.unet_channels
