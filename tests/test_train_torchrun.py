@@ -31,8 +31,9 @@ import torch.distributed as dist
 
 from imagen_edu import checkpoints, cli, configs, text_encoders
 from imagen_edu.outputs import FolderLock
-from imagen_edu.stage import load_stage
-from imagen_edu.train import TrainConfig
+from imagen_edu.stage import ImagenStage, load_stage
+from imagen_edu.stage_training import batch_generator, stage_batches
+from imagen_edu.train import TrainConfig, fsdp_units
 
 ROOT = Path(__file__).resolve().parents[1]
 KILL_SCRIPT = ROOT / "experiments" / "distributed" / "kill_rank.py"
@@ -235,7 +236,7 @@ def test_config_option_trains_a_named_config(tmp_path, capsys):
     assert cli.main(["train", "--stage", "sr1", "--config", "toy-ci/base", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a 'base' stage, not 'sr1'" in err[0]
-    assert not any((tmp_path / "x").iterdir())
+    assert not (tmp_path / "x").exists()  # refused before the folder was made
     out = tmp_path / "named"
     assert cli.main(["train", "--stage", "base", "--config", "toy-ci/base", "--profile", "ci", "--steps", "1",
                      "--out", str(out)]) == 0
@@ -243,3 +244,27 @@ def test_config_option_trains_a_named_config(tmp_path, capsys):
     assert saved == {k: v for k, v in configs.get("toy-ci/base").stage.replace(steps=1).to_dict().items()
                      if k not in ("steps", "max_seconds")}
     assert checkpoints.read_manifest(out / "manifest.json")["imagen_base"]["command"].count("--config toy-ci/base") == 1
+
+
+def test_batch_of_a_step_does_not_depend_on_the_world_size():
+    """stage_batches: with the shared stream of batch_generator, rank r of N gets examples
+    r*B/N .. (r+1)*B/N - 1 of the one-process batch, every random draw of the loss included."""
+    cfg = configs.stage_config("sr1", "ci")
+    highs, lows = torch.randn(20, 3, 16, 16), torch.randn(20, 3, 8, 8)
+    fn = stage_batches(cfg, highs, torch.arange(20), lows)
+    whole = fn(3, 0, 1, batch_generator(cfg))
+    halves = [fn(3, r, 2, batch_generator(cfg)) for r in range(2)]
+    assert set(whole) == {"x0", "caption_ids", "drop", "t", "noise", "lowres", "aug_level", "aug_noise"}
+    for k, v in whole.items():
+        assert torch.equal(torch.cat([h[k] for h in halves]), v), k
+
+
+def test_fsdp_shards_the_unet_level_by_level():
+    """fsdp_units: every U-Net level (an element of down/mid/up) is its own FSDP unit, and no
+    container (a ModuleList is never called, so its weights would never be gathered)."""
+    stage = ImagenStage(configs.stage_config("base", "ci"))
+    units = fsdp_units(stage)
+    unet = stage.unet
+    assert units and all(any(u is m for m in [*unet.down, *unet.mid, *unet.up]) for u in units)
+    assert not any(isinstance(u, (torch.nn.ModuleList, torch.nn.ModuleDict)) for u in units)
+    assert len(units) == len([m for m in [*unet.down, *unet.mid, *unet.up] if any(True for _ in m.parameters())])
