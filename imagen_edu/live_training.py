@@ -22,13 +22,11 @@ it at the time cap. With the same config and seed the live run *is* the opening 
 shipped base stage's own run (same pool, same initialisation, same batches): what the reader
 watches is how that run began, and the shipped checkpoint (data/checkpoints, 1664 steps in
 18 minutes) is where it went on to. A schedule shortened to what four minutes reach would decay
-the learning rate sooner and end a little lower, but would be a different run from the one it
-is compared with.
+the learning rate sooner, but would be a different run from the one it is compared with.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -49,7 +47,7 @@ __all__ = ["Snapshot", "LiveRun", "judge_stage", "train_with_snapshots", "traini
 
 #: the share of ``seconds`` kept back for what the estimates miss (a machine that gets busier)
 RESERVE = 0.03
-#: the steps of margin kept per round: the trainer checks its budget before a step, so a round may end one late
+#: the steps of margin kept per round (the trainer checks its budget before a step: a round may end one late)
 MARGIN_STEPS = 3
 
 #: the judge's accuracies a snapshot keeps (``relation`` is over the two-object captions only)
@@ -154,13 +152,13 @@ def train_with_snapshots(config: StageConfig, encoder=None, *, seconds: float, p
     Time: before training, one guided network call on the caption batch is timed to estimate a
     snapshot's cost, the pool is rendered once (:func:`training_scenes`), and a zero-step call of
     :func:`train_stage` encodes the captions and writes the step-0 resume file, which times a
-    round's set-up (each call encodes again and reads the resume file). Each round then gets an equal share of what is left after the remaining
-    snapshots and set-ups. The trainer checks its budget before every step, so a round may end
-    one step late; :data:`MARGIN_STEPS` steps of margin are kept for it, and :data:`RESERVE` of
-    ``seconds`` for what the estimates miss. When the time left cannot
-    pay for every remaining round (a busy machine), fewer rounds are planned, so there may be fewer
-    snapshots than ``points``; a run that finishes its ``config.steps`` early skips the remaining
-    rounds (``LiveRun.finished``).
+    round's set-up (each call encodes again and reads the resume file). Each round then gets an
+    equal share of what is left after the remaining snapshots and set-ups. The trainer checks its
+    budget before every step, so a round may end one step late: :data:`MARGIN_STEPS` steps of
+    margin are kept for it, and :data:`RESERVE` of ``seconds`` for what the estimates miss. When
+    the time left cannot pay for every remaining round (a busy CPU), fewer rounds are planned, so
+    there may be fewer snapshots than ``points``; a run that finishes its ``config.steps`` early
+    skips the remaining rounds (``LiveRun.finished``).
 
     Raises ``TypeError``/``ValueError`` naming the argument for bad input, and ``ValueError`` if
     ``seconds`` cannot pay even for the snapshots.
@@ -182,7 +180,7 @@ def train_with_snapshots(config: StageConfig, encoder=None, *, seconds: float, p
                          f"expects text_dim={cfg.text_dim}")
     device = torch.device(device or "cpu")
     snap_cost = _snapshot_cost(cfg, encoder, captions, guidance, sample_steps, device)
-    if t0 + points * snap_cost >= deadline:
+    if time.perf_counter() + points * snap_cost >= deadline:
         raise ValueError(f"seconds={seconds:g} leaves no time to train: {points} snapshots of {len(captions)} "
                          f"captions take about {points * snap_cost:.1f} s")
     with tempfile.TemporaryDirectory(prefix="imagen_live_") as tmp:
@@ -193,7 +191,8 @@ def train_with_snapshots(config: StageConfig, encoder=None, *, seconds: float, p
 
 def _snapshot_cost(cfg, encoder, captions, guidance, sample_steps, device) -> float:
     """Seconds one snapshot will take: a guided call (a doubled batch, the median of three timings)
-    times the DDIM steps, plus the judge. Sampling costs the same whatever the weights, so an untrained stage times it."""
+    times the DDIM steps, plus the judge. Sampling costs the same whatever the weights, so an
+    untrained stage times it."""
     torch.manual_seed(cfg.seed)
     probe = ImagenStage(cfg).to(device).eval()
     w, k, *_ = probe.check_sampling(guidance=guidance, steps=sample_steps)
