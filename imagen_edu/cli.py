@@ -368,7 +368,8 @@ def _train_setup(args, info) -> dict:
     if args.config is not None:
         cfg = configs.get(args.config).stage
         if cfg.name != args.stage:
-            raise ValueError(f"--config {args.config} is a {cfg.name!r} stage, not {args.stage!r}: pass --stage {cfg.name}")
+            raise ValueError(f"--config {args.config} is a {cfg.name!r} stage, not {args.stage!r}: "
+                             f"pass --stage {cfg.name}")
     else:
         cfg = configs.stage_config(args.stage, prof)
     changes = {}

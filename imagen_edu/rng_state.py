@@ -86,7 +86,8 @@ def from_bytes(blob: bytes) -> dict:
 
 
 def gather_bytes(blob: bytes, device: torch.device) -> list[bytes]:
-    """All ranks' ``blob`` on every rank (tensors only: no pickled objects cross the wire)."""
+    """All ranks' ``blob`` (non-empty bytes) on every rank, tensors only: no pickled objects cross
+    the wire. Carries the generators to rank 0, and :func:`imagen_edu.train.agree`'s error lines."""
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
     ws = dist.get_world_size()
     data = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(comm)
