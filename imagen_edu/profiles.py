@@ -202,7 +202,7 @@ class ImagenSettings:
     # seconds (training and snapshots together; under 5 minutes on 2 cores), the snapshots taken,
     # the captions judged at each, and the cosine schedule's length (None: the stage's own steps,
     # so that the live run is the opening of the shipped stage's run)
-    live_seconds: float = 270.0
+    live_seconds: float = 240.0
     live_points: int = 4
     live_captions: int = 16
     live_steps: int | None = None
