@@ -297,7 +297,7 @@ def test_resume_from_a_checkpoint_of_another_stage(cascade_dir, tmp_path, capsys
     assert "no resume file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("world, message", [("3", "does not divide batch_size=8"), ("2", "one process")])
+@pytest.mark.parametrize("world, message", [("3", "does not divide batch_size=8"), ("2", "MASTER_ADDR")])
 def test_world_size_is_checked_before_training(tmp_path, monkeypatch, capsys, world, message):
     monkeypatch.setenv("WORLD_SIZE", world)
     monkeypatch.setenv("RANK", "0")
