@@ -38,10 +38,9 @@ from . import text_encoders
 from .arguments import check_int, check_real, check_seed
 from .cascade import check_prompts, image_seed, stage_seed
 from .data.captions import parse_caption
-from .data.shapes import ShapesDataset
 from .evaluate import attribute_accuracy
 from .stage import ImagenStage, StageConfig
-from .stage_training import train_stage
+from .stage_training import train_stage, training_pool
 
 __all__ = ["Snapshot", "LiveRun", "judge_stage", "train_with_snapshots", "training_scenes", "ACCURACY_KEYS"]
 
@@ -221,14 +220,10 @@ def _share(time_left: float, rounds: int, cost: float) -> float:
 def training_scenes(cfg: StageConfig):
     """The base stage's training pool, rendered once: ``(None, images (N, 3, R, R) in [-1, 1], captions)``.
 
-    The ``cfg.n_train_images`` scenes of the ``train`` split that :func:`train_stage` renders itself
-    (same resolution, seed and share of two-object scenes), given to every round as ``pool`` so
-    that the rounds do not render them again.
+    Exactly what :func:`train_stage` renders itself (:func:`imagen_edu.stage_training.training_pool`),
+    given to every round as ``pool`` so that the rounds do not render it again.
     """
-    ds = ShapesDataset("train", cfg.resolution, length=cfg.n_train_images, seed=cfg.seed,
-                       two_object_fraction=cfg.two_object_fraction)
-    images, captions = ds.batch(range(cfg.n_train_images))
-    return None, images, list(captions)
+    return training_pool(cfg, progress=False)
 
 
 def _rounds(cfg, encoder, folder, captions, points, t0, deadline, snap_cost, seed, guidance, sample_steps, device,

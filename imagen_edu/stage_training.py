@@ -71,7 +71,7 @@ def train_command(stage: str, profile: str = "cpu", out_dir="data/checkpoints") 
     return f"python -m imagen_edu train --stage {stage} --profile {profile} --out {out}"
 
 
-def _training_pool(cfg: StageConfig, progress: bool):
+def training_pool(cfg: StageConfig, progress: bool):
     """Render ``cfg.n_train_images`` ``train`` scenes: ``(lows (N, 3, r, r) or None, highs (N, 3, R, R), captions)``."""
     res = (cfg.lowres_resolution, cfg.resolution) if cfg.is_sr else cfg.resolution
     ds = ShapesDataset("train", res, length=cfg.n_train_images, seed=cfg.seed,
@@ -312,7 +312,7 @@ def check_stage_folder(cfg: StageConfig, out_dir, *, resume: bool = False, overw
 def _train_stage(cfg, encoder, out_dir, resume, progress, device, save_every, command, profile, log_every, pool,
                  amp, overwrite, parallel) -> dict:
     rfile = _resume_file(out_dir, cfg.name) if out_dir is not None else None
-    lows, highs, caps = _training_pool(cfg, progress) if pool is None else _check_pool(cfg, pool)
+    lows, highs, caps = training_pool(cfg, progress) if pool is None else _check_pool(cfg, pool)
     cache = TextCache(encoder, caps)
     cap_ids = cache.ids(caps)
     torch.manual_seed(cfg.seed)

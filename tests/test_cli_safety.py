@@ -96,7 +96,7 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch, kin
     f = tmp_path / "a_file"
     f.write_text("x")
     out = f if kind == "file" else f / "sub"
-    monkeypatch.setattr(stage_training, "_training_pool", lambda *a, **k: pytest.fail("rendered before the check"))
+    monkeypatch.setattr(stage_training, "training_pool", lambda *a, **k: pytest.fail("rendered before the check"))
     assert cli.main(["train", "--stage", "base", "--profile", "ci", "--out", str(out)]) == 2
     _one_line_error(capsys, "--out", str(out))
 
