@@ -104,7 +104,7 @@ class DiffusionSettings:
     unet_mults: tuple = (1, 2, 4)
     image_steps: int = 1500
     image_batch: int = 32
-    image_max_seconds: float | None = 285.0  # training stops here even if image_steps are not done
+    image_max_seconds: float | None = 240.0  # training stops here even if image_steps are not done
     n_train_images: int = 4000
     lr: float = 2e-3
     ema_decay: float = 0.995
