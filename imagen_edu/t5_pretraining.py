@@ -22,8 +22,10 @@ Nothing but text enters here: no image, scene layout or judge output.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -284,6 +286,31 @@ def pretrain(cfg: PretrainConfig | None = None, *, device: str = "cpu", progress
     with torch_threads(threads, device):
         trainer.train()
     return model.eval(), tok, trainer
+
+
+def _pretrain_job(cfg: PretrainConfig):
+    """One pretraining on one thread, for :func:`pretrain_many`: ``(model, tokenizer, history, seconds)``."""
+    start = time.perf_counter()
+    model, tok, trainer = pretrain(cfg, progress=False, threads=1)
+    return model, tok, trainer.history, time.perf_counter() - start
+
+
+def pretrain_many(cfgs: list[PretrainConfig], jobs: int = 1) -> list[tuple]:
+    """Pretrain several toy T5s, ``jobs`` at a time in fresh processes, each on one CPU thread.
+
+    Returns ``[(model, tokenizer, history, seconds), ...]`` in the order of ``cfgs``; every run is
+    seeded and single-threaded, so the models are the same as :func:`pretrain` gives one after
+    another, whatever ``jobs`` is (chapter 2b compares its corpora this way, two at a time on
+    two cores). ``jobs=1`` trains here, in this process. Processes are *spawned*, not forked, so
+    a parent whose thread pools are already running (a notebook kernel) is safe to use.
+    """
+    jobs = int(jobs)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1 or len(cfgs) <= 1:
+        return [_pretrain_job(c) for c in cfgs]
+    with ProcessPoolExecutor(max_workers=min(jobs, len(cfgs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_pretrain_job, cfgs))
 
 
 #: manifest name of the shipped toy T5 (chapter 2b; the cascade's text encoder ``"toyt5"``)

@@ -244,3 +244,20 @@ def test_pretraining_command_line(tmp_path, one_thread, capsys):
     assert P.main(["train", "--profile", "nope", "--out", str(tmp_path / "x.safetensors"), "--no-manifest"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--profile" in err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_pretrain_many_in_processes_equals_one_after_another():
+    """Chapter 2b pretrains its corpora two at a time: seeded single-thread runs in spawned
+    processes give the same weights and histories as the runs one after another."""
+    cfgs = [P.PretrainConfig(corpus=c, steps=3, batch_size=4, warmup_steps=1,
+                                          model=dict(d_model=16, n_heads=2, d_kv=8, d_ff=32, n_layers=1,
+                                                     n_decoder_layers=1, num_buckets=8, max_distance=16))
+            for c in ("captions", "restated")]
+    serial = P.pretrain_many(cfgs, jobs=1)
+    parallel = P.pretrain_many(cfgs, jobs=2)
+    for (m1, _, h1, _), (m2, _, h2, _) in zip(serial, parallel):
+        assert [h["loss"] for h in h1] == [h["loss"] for h in h2]
+        for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+            assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="jobs"):
+        P.pretrain_many(cfgs, jobs=0)
