@@ -300,8 +300,8 @@ def pretrain_many(cfgs: list[PretrainConfig], jobs: int = 1) -> list[tuple]:
 
     Returns ``[(model, tokenizer, history, seconds), ...]`` in the order of ``cfgs``; every run is
     seeded and single-threaded, so the models are the same as :func:`pretrain` gives one after
-    another, whatever ``jobs`` is (chapter 2b compares its corpora this way, two at a time on
-    two cores). ``jobs=1`` trains here, in this process. Processes are *spawned*, not forked, so
+    another, whatever ``jobs`` is (chapter 2b pretrains its three corpora this way, all at once,
+    so that two cores share the work). ``jobs=1`` trains here, in this process. Processes are *spawned*, not forked, so
     a parent whose thread pools are already running (a notebook kernel) is safe to use.
     """
     jobs = int(jobs)
