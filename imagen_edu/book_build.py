@@ -11,6 +11,10 @@ directory exactly as the book build does, and stores the results in the book's e
 renders. A notebook whose execution fails is left out of the cache, so the book build runs it
 again and reports the error as it always does (a failure under ``-W`` fails the build).
 
+``--execute-only`` executes and stops (exit status 1 if a notebook failed), into ``--cache DIR``
+if given: ``IMAGEN_EDU_PROFILE=gpu IMAGEN_EDU_SMOKE=1 python -m imagen_edu.book_build --execute-only
+--cache /tmp/smoke`` runs every page with the ``gpu`` profile's model sizes on a CPU (CI does).
+
 The cache matches a notebook by its code, not by the profile it ran under; so each record
 written here also stores the profile (``IMAGEN_EDU_PROFILE``), and a record made under another
 profile, or by a plain ``jupyter-book build`` that did not say, is executed again.
@@ -119,7 +123,7 @@ def execute_all(notebooks: list[Path], jobs: int, profile: str, cache_path: Path
         for f in futures:
             path, seconds, err = f.result()
             name = Path(path).relative_to(root)
-            print(f"book_build: {name}: {seconds:.0f} s" + (f", FAILED ({err}); the book build reruns it" if err else ""),
+            print(f"book_build: {name}: {seconds:.0f} s" + (f", FAILED ({err})" if err else ""),
                   flush=True)
             if err:
                 failures.append(str(name))
@@ -130,14 +134,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m imagen_edu.book_build", description=__doc__.splitlines()[0],
                         epilog="Any other option is passed to jupyter-book build (e.g. -W -n --keep-going).")
     ap.add_argument("--jobs", type=int, default=None, help="notebooks executed at a time (default: the number of CPU cores, at most 4)")
+    ap.add_argument("--execute-only", action="store_true",
+                    help="execute the notebooks and stop (exit 1 if any failed); no book is built")
+    ap.add_argument("--cache", type=Path, default=CACHE, help=f"the execution cache (default {CACHE.relative_to(REPO_ROOT)})")
     args, rest = ap.parse_known_args(argv)
     jobs = check_int(args.jobs, "--jobs", low=1) if args.jobs is not None else max(1, min(4, os.cpu_count() or 1))
+    if args.execute_only and rest:
+        raise ValueError(f"--execute-only builds no book, so it takes no jupyter-book options (got {' '.join(rest)})")
+    if args.cache != CACHE and not args.execute_only:
+        raise ValueError("--cache is for --execute-only: the book build reads its own cache, "
+                         f"{CACHE.relative_to(REPO_ROOT)}")
     profile = profiles.current().name + ("+smoke" if profiles.smoke_enabled() else "")  # checks IMAGEN_EDU_PROFILE first
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    args.cache.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    execute_all(toc_notebooks(), jobs, profile)
-    print(f"book_build: notebooks executed in {time.perf_counter() - start:.0f} s; now jupyter-book build . {' '.join(rest)}",
-          flush=True)
+    failures = execute_all(toc_notebooks(), jobs, profile, args.cache)
+    if args.execute_only:
+        print(f"book_build: every notebook executed under {profile!r} in {time.perf_counter() - start:.0f} s"
+              + (f"; FAILED: {', '.join(failures)}" if failures else ", none failed"), flush=True)
+        return 1 if failures else 0
+    print(f"book_build: notebooks executed in {time.perf_counter() - start:.0f} s"
+          + (" (the book build runs the failed ones again and reports their errors)" if failures else "")
+          + f"; now jupyter-book build . {' '.join(rest)}", flush=True)
     done = subprocess.run(["jupyter-book", "build", ".", *rest], cwd=REPO_ROOT)
     print(f"book_build: whole build {time.perf_counter() - start:.0f} s", flush=True)
     return done.returncode

@@ -49,6 +49,9 @@ def report() -> dict:
                     "set IMAGEN_EDU_PROFILE=gpu for the full-size runs")
     if info["cuda_available"] and info["gpu_memory_gb"] is not None and info["gpu_memory_gb"] < 12:
         warn.append("less than 12 GiB of GPU memory: the gpu profile fits, paper-size configs do not")
+    if profiles.smoke_enabled():
+        warn.append(f"IMAGEN_EDU_SMOKE is set: {prof.name!r} model sizes with the ci profile's run lengths "
+                    "(a check that everything builds and runs; results are not meaningful)")
     if prof.name == "ci":
         warn.append("profile 'ci' is for automated tests: models are tiny and results are not meaningful")
     return info

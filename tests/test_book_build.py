@@ -58,3 +58,11 @@ def test_bad_jobs_is_one_line_and_exit_2():
                              capture_output=True, text=True, cwd=REPO_ROOT)
         assert run.returncode == 2, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1 and "--jobs" in run.stderr
+
+
+def test_execute_only_reports_failures_and_takes_no_book_options(tmp_path):
+    """--execute-only builds nothing and refuses jupyter-book options; --cache only with it."""
+    for args, word in ((["--execute-only", "-W"], "--execute-only"), (["--cache", str(tmp_path)], "--cache")):
+        run = subprocess.run([sys.executable, "-m", "imagen_edu.book_build", *args],
+                             capture_output=True, text=True, cwd=REPO_ROOT)
+        assert run.returncode == 2 and word in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr

@@ -10,6 +10,8 @@ import inspect
 import json
 import os
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -243,3 +245,17 @@ def test_guide_pages_speak_to_the_instructor_about_the_book_only():
         text = page.read_text(encoding="utf-8")
         hits = [m.group(0) for pat in FORBIDDEN for m in re.finditer(pat, text, flags=re.I)]
         assert not hits, f"{page.name}: {hits}"
+
+
+def test_smoke_runs_are_never_recorded_as_measured_times(monkeypatch, tmp_path):
+    """IMAGEN_EDU_SMOKE gives a profile's sizes with ci's run lengths: its times are not that
+    profile's, so `times` refuses to record them (one line, exit 2), and nothing is written."""
+    env = {**os.environ, "IMAGEN_EDU_SMOKE": "1"}
+    run = subprocess.run([sys.executable, "-m", "imagen_edu.classroom", "times", "01_attention"],
+                         capture_output=True, text=True, env=env, cwd=chapters.ROOT)
+    assert run.returncode == 2 and "IMAGEN_EDU_SMOKE" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    monkeypatch.setenv("IMAGEN_EDU_SMOKE", "1")
+    with pytest.raises(ValueError, match="SMOKE"):
+        timing.record(["01_attention"], "cpu", path=tmp_path / "t.json")
+    assert not (tmp_path / "t.json").exists()

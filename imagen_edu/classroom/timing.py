@@ -25,6 +25,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 from nbclient import NotebookClient
 
+from .. import profiles
 from . import chapters
 
 TIMES = chapters.ROOT / "data" / "benchmarks" / "cell_times.json"
@@ -77,6 +78,9 @@ def slow_cells(entry: dict, over: float = SLOW_S) -> list[list]:
 
 def record(names: list[str], profile: str = "cpu", path: Path = TIMES) -> dict:
     """Time every chapter in ``names`` under ``profile``, merge into ``path``; print the slow cells."""
+    if profiles.smoke_enabled():
+        raise ValueError("IMAGEN_EDU_SMOKE is set: a smoke run's times are not the profile's times; "
+                         "unset it to measure")
     data = load(path)
     for name in names:
         nb, total = execute(name, profile)
