@@ -266,7 +266,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
         description="a laptop CPU (2+ cores): minutes per chapter",
-        minutes_per_chapter="1-6",
+        minutes_per_chapter="1-8",
         prefer_cuda=False,
     ),
     "gpu": Profile(
