@@ -13,7 +13,7 @@ again and reports the error as it always does (a failure under ``-W`` fails the 
 
 ``--execute-only`` executes and stops (exit status 1 if a notebook failed), into ``--cache DIR``
 if given: ``IMAGEN_EDU_PROFILE=gpu IMAGEN_EDU_SMOKE=1 python -m imagen_edu.book_build --execute-only
---cache /tmp/smoke`` runs every page with the ``gpu`` profile's model sizes on a CPU (CI does).
+--cache /tmp/smoke`` runs every page with the ``gpu`` profile's model sizes on a CPU.
 
 The cache matches a notebook by its code, not by the profile it ran under; so each record
 written here also stores the profile (``IMAGEN_EDU_PROFILE``), and a record made under another
