@@ -288,27 +288,30 @@ def pretrain(cfg: PretrainConfig | None = None, *, device: str = "cpu", progress
     return model.eval(), tok, trainer
 
 
-def _pretrain_job(cfg: PretrainConfig):
+def _pretrain_job(cfg: PretrainConfig, device: str = "cpu"):
     """One pretraining on one thread, for :func:`pretrain_many`: ``(model, tokenizer, history, seconds)``."""
     start = time.perf_counter()
-    model, tok, trainer = pretrain(cfg, progress=False, threads=1)
+    model, tok, trainer = pretrain(cfg, device=device, progress=False, threads=1)
     return model, tok, trainer.history, time.perf_counter() - start
 
 
-def pretrain_many(cfgs: list[PretrainConfig], jobs: int = 1) -> list[tuple]:
+def pretrain_many(cfgs: list[PretrainConfig], jobs: int = 1, device: str = "cpu") -> list[tuple]:
     """Pretrain several toy T5s, ``jobs`` at a time in fresh processes, each on one CPU thread.
 
     Returns ``[(model, tokenizer, history, seconds), ...]`` in the order of ``cfgs``; every run is
     seeded and single-threaded, so the models are the same as :func:`pretrain` gives one after
     another, whatever ``jobs`` is (chapter 2b pretrains its three corpora this way, all at once,
-    so that two cores share the work). ``jobs=1`` trains here, in this process. Processes are *spawned*, not forked, so
+    so that two cores share the work). ``jobs=1`` trains here, in this process, on ``device``;
+    more jobs train on the CPU. Processes are *spawned*, not forked, so
     a parent whose thread pools are already running (a notebook kernel) is safe to use.
     """
     jobs = int(jobs)
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if jobs == 1 or len(cfgs) <= 1:
-        return [_pretrain_job(c) for c in cfgs]
+        return [_pretrain_job(c, device) for c in cfgs]
+    if device != "cpu":
+        raise ValueError(f"jobs={jobs} trains in CPU processes; pass jobs=1 for device {device!r}")
     with ProcessPoolExecutor(max_workers=min(jobs, len(cfgs)), mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_pretrain_job, cfgs))
 
