@@ -134,18 +134,11 @@ def readme_table(names: list[str], titles: dict[str, str], data: dict | None = N
     data = load() if data is None else data
     rows = ["| chapter | " + " | ".join(f"`{p}`" for p in PROFILES) + " |",
             "|---|" + "---|" * len(PROFILES)]
-    totals = {p: 0.0 for p in PROFILES}
-    for name in names:
-        cells = []
-        for p in PROFILES:
-            entry = data.get(p, {}).get(name)
-            if entry is None:
-                cells.append("not measured yet")
-                totals[p] = float("nan")
-            else:
-                cells.append(duration(entry["total_s"]))
-                totals[p] += entry["total_s"]
+    entries = {p: [data.get(p, {}).get(name) for name in names] for p in PROFILES}
+    for k, name in enumerate(names):
+        cells = ["not measured yet" if entries[p][k] is None else duration(entries[p][k]["total_s"]) for p in PROFILES]
         rows.append(f"| {titles.get(name, name)} (`{name}`) | " + " | ".join(cells) + " |")
-    rows.append("| every page, one after another | " + " | ".join(
-        "not measured yet" if totals[p] != totals[p] else f"**{duration(totals[p])}**" for p in PROFILES) + " |")
+    rows.append("| every page, one after another | " + " | ".join(  # a sum only when every page was measured
+        "not measured yet" if None in entries[p] else f"**{duration(sum(e['total_s'] for e in entries[p]))}**"
+        for p in PROFILES) + " |")
     return "\n".join(rows)
