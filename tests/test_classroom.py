@@ -213,13 +213,25 @@ def test_every_chapter_shows_its_measured_times_and_quick_checks():
         assert srcs[t + 1].strip().endswith(f'timing.show("{name}")'), name
         assert not re.search(r"\d+ ?(s|min|minutes|seconds)\b", srcs[t]), f"{name}: a typed time in its Time section"
         q = next(i for i, s in enumerate(srcs) if s.startswith("## Quick checks"))
-        assert f'guide.quiz_path("{name}")' in srcs[q + 1], name
+        assert f'guide.show_quiz("{name}")' in srcs[q + 1], name
         assert srcs[q + 2].startswith("## Exercises"), name
     data = {"cpu": {"x": {"total_s": 61.0, "measured": "2026-12-01T10:00:00Z", "threads": "1",
                           "cells": [[7, 55.2, "train(a | b)"], [2, 0.1, "import"]]}}}
     table = timing.page_table("x", data)
     assert "| `cpu` | 1 min 01 s | cell 7, 55 s: `train(a / b)` | 2026-12-01 |" in table
     assert "| `gpu` | not measured yet | | |" in table
+
+
+def test_quiz_outputs_wait_for_a_loaded_mathjax():
+    """Every MathJax test in the quick checks' script asks for a loaded MathJax (a version), not
+    just the configuration object the page defines first (the browser side: tests/browser/test_quiz.py)."""
+    html, js = guide.quiz_outputs("03_ddpm")
+    assert "<div id=" in html and "data-shuffleanswers" in html
+    tests = re.findall(r"typeof MathJax\s*!==?\s*'undefined'(.{0,40})", js)
+    assert len(tests) >= 5
+    assert all(t.startswith(" && typeof MathJax.version == 'string'") for t in tests), tests
+    with pytest.raises(ValueError, match="no quick checks for 'nope'"):
+        guide.quiz_outputs("nope")
 
 
 def test_quick_checks_are_answerable():

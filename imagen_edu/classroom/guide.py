@@ -12,8 +12,8 @@ The README's time table (between ``<!-- times:begin -->`` and ``<!-- times:end -
 generated from the same file. Regenerate every page and the README after new measurements with
 ``python -m imagen_edu.classroom.guide``
 (``--check`` only reports stale pages). The quick checks of a page are jupyterquiz questions in
-``imagen_edu/classroom/quick_checks/`` (one JSON file per chapter); the page shows them with
-``display_quiz`` and a chapter notebook can show the same file.
+``imagen_edu/classroom/quick_checks/`` (one JSON file per chapter); a chapter page and its guide
+page show them with :func:`show_quiz`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from unittest import mock
 
 from . import chapters, timing
 
@@ -42,6 +43,49 @@ def page_path(name: str) -> Path:
 def quiz_path(name: str) -> Path:
     """The quick checks (jupyterquiz JSON) of a chapter."""
     return QUIZZES / f"{name}.json"
+
+
+# jupyterquiz's scripts read ``MathJax.version`` whenever a global ``MathJax`` exists. Until MathJax
+# has loaded, that global is only the page's configuration object (no version), so a quiz rendered
+# before MathJax finished loading threw "Cannot read properties of undefined (reading '0')", and so
+# did every click on an answer. The guard below makes those branches wait for a loaded MathJax;
+# MathJax typesets the whole page itself when it starts, quiz included.
+_MATHJAX_CHECK = re.compile(r"typeof MathJax\s*!==?\s*'undefined'")
+_MATHJAX_LOADED = "(typeof MathJax != 'undefined' && typeof MathJax.version == 'string')"
+
+
+def quiz_outputs(name: str) -> tuple[str, str]:
+    """The HTML and the JavaScript that show a chapter's quick checks (jupyterquiz), MathJax-safe.
+
+    Returns ``(html, javascript)``: jupyterquiz's own ``display_quiz`` output for
+    :func:`quiz_path` ``(name)``, with every ``typeof MathJax != 'undefined'`` test in the script
+    strengthened to "MathJax has loaded" (see ``_MATHJAX_LOADED``).
+    """
+    path = quiz_path(name)
+    if not path.is_file():
+        raise ValueError(f"no quick checks for {name!r}: expected {path}")
+    import jupyterquiz.dynamic.display as jq
+
+    shown: list = []
+    with mock.patch.object(jq, "display", shown.append):
+        jq.display_quiz(str(path))
+    kinds = [type(o).__name__ for o in shown]
+    if kinds != ["HTML", "Javascript"]:
+        raise RuntimeError(f"jupyterquiz's display_quiz showed {kinds}, expected ['HTML', 'Javascript']")
+    html, js = shown[0].data, shown[1].data
+    js, n = _MATHJAX_CHECK.subn(_MATHJAX_LOADED, js)
+    if n == 0 or "MathJax.version" not in js:
+        raise RuntimeError("jupyterquiz's script has changed: no MathJax test found to guard")
+    return html, js
+
+
+def show_quiz(name: str) -> None:
+    """Show a chapter's quick checks in a notebook or a built page (see :func:`quiz_outputs`)."""
+    from IPython.display import HTML, Javascript, display
+
+    html, js = quiz_outputs(name)
+    display(HTML(html))
+    display(Javascript(js))
 
 
 def _times(name: str, data: dict) -> list[str]:

@@ -85,7 +85,8 @@ QUIZ_PAGES = [pg for pg in PAGES if pg.startswith("book/") and Path(pg).stem in 
 @pytest.mark.parametrize("page", QUIZ_PAGES or [pytest.param(None, marks=pytest.mark.skip(reason=str(REASON)))])
 def test_quick_checks_render_and_answer(page, results):
     """Each chapter shows its quick checks in the page (jupyterquiz, offline): at least two
-    questions rendered. (The probe does not click an answer: jupyterquiz's handler threw on one page.)"""
+    questions rendered, and clicking the right answer of the first multiple-choice question shows
+    its 'correct' feedback (tests/browser/test_quiz.py covers a page whose MathJax is still loading)."""
     probe = results[page].probe
     assert probe.get("quiz_questions", 0) >= 2, f"{page}: {probe.get('quiz_questions')} quick checks rendered"
     if probe.get("quiz_click_checked") is not None:  # pages whose questions are all numeric have no button

@@ -87,7 +87,13 @@ PROBE_JS = r"""
     var resources = performance.getEntriesByType("resource").map(function (r) { return r.name; });
     // jupyterquiz quick checks: how many questions rendered, and does answering one check it?
     var quizQns = document.querySelectorAll(".MultipleChoiceQn, .ManyChoiceQn, .NumericQn").length;
-    var quizClick = null;  // clicking an answer is left out: jupyterquiz's handler can throw on some pages
+    // (null where a page has no multiple-choice question): click the right answer of the first
+    var quizClick = null, right = document.querySelector('.MCButton[data-correct="true"]');
+    if (right) {
+      right.click();
+      var fbs = Array.prototype.slice.call(document.querySelectorAll(".Feedback"));
+      quizClick = fbs.some(function (f) { return f.classList.contains("correct") && f.innerText.trim().length > 0; });
+    }
     var pre = document.createElement("pre");
     pre.id = "__PROBE_ID__";
     pre.style.display = "none";
