@@ -109,16 +109,36 @@ def stale(notebooks: list[Path], profile: str, cache_path: Path = CACHE) -> list
     return todo
 
 
+def kernel_threads(jobs: int, cores: int | None = None) -> int:
+    """CPU threads for each kernel when ``jobs`` run at once: the cores shared out, at least one.
+
+    Two kernels with a thread per core each on two cores would fight over them (small tensors run
+    several times slower when their threads are descheduled), so each kernel gets its share.
+    """
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, cores // max(1, jobs))
+
+
+def _limit_threads(n: int) -> None:
+    """Pool initializer: the kernels started from this worker inherit ``n`` threads (OpenMP/MKL)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
 def execute_all(notebooks: list[Path], jobs: int, profile: str, cache_path: Path = CACHE,
                 root: Path = REPO_ROOT) -> list[str]:
-    """Execute the ``stale`` notebooks ``jobs`` at a time; prints one line each; returns the failures."""
+    """Execute the ``stale`` notebooks ``jobs`` at a time; prints one line each; returns the failures.
+
+    Each kernel gets :func:`kernel_threads` threads, unless ``OMP_NUM_THREADS`` is set already.
+    """
     cfg = execution_config(root)
     timeout, allow = cfg.get("timeout"), bool(cfg.get("allow_errors", False))
     todo = longest_first(stale(notebooks, profile, cache_path), profile)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or kernel_threads(jobs))
     print(f"book_build: {len(notebooks) - len(todo)} notebooks cached under profile {profile!r}, "
-          f"executing {len(todo)}, {jobs} at a time", flush=True)
+          f"executing {len(todo)}, {jobs} at a time, {threads} thread(s) each", flush=True)
     failures = []
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_limit_threads, initargs=(threads,)) as pool:
         futures = [pool.submit(_execute, str(p), str(cache_path), profile, timeout, allow) for p in todo]
         for f in futures:
             path, seconds, err = f.result()

@@ -32,12 +32,19 @@ def test_toc_notebooks_are_the_books_executed_pages():
     assert "appendix_solutions" in found and "intro" not in found and len(found) == len(set(found))
 
 
-def test_executed_notebooks_are_cached_per_profile_and_failures_are_left_to_the_build(tmp_path):
+def test_kernels_share_the_cores():
+    assert [book_build.kernel_threads(j, cores=2) for j in (1, 2, 3)] == [2, 1, 1]
+    assert book_build.kernel_threads(2, cores=16) == 8
+
+
+def test_executed_notebooks_are_cached_per_profile_and_failures_are_left_to_the_build(tmp_path, monkeypatch):
     """Two notebooks run side by side land in the cache with their outputs and their profile; a
     failing one is not cached (the book build reruns it and reports it); a record made under
-    another profile is stale and removed."""
+    another profile is stale and removed. Each kernel runs with its share of the cores."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     root = _book(tmp_path, {"a": "import os\nprint('cwd', os.path.basename(os.getcwd()))",
-                            "b": "print(6 * 7)", "bad": "raise RuntimeError('boom')"})
+                            "b": "import os\nprint(os.environ.get('OMP_NUM_THREADS'))",
+                            "bad": "raise RuntimeError('boom')"})
     cache = tmp_path / "_build" / ".jupyter_cache"
     nbs = book_build.toc_notebooks(root)
     assert [p.stem for p in nbs] == ["a", "b", "bad"]
@@ -48,6 +55,9 @@ def test_executed_notebooks_are_cached_per_profile_and_failures_are_left_to_the_
     out = get_cache(str(cache)).get_cache_bundle(rec.pk).nb.cells[0].outputs[0]["text"]
     assert out.strip() == "cwd book"  # the notebook's folder is the working directory, as in the book build
     assert rec.data["imagen_edu_profile"] == "ci"
+    rec = get_cache(str(cache)).match_cache_notebook(nbformat.read(nbs[1], as_version=4))
+    out = get_cache(str(cache)).get_cache_bundle(rec.pk).nb.cells[0].outputs[0]["text"]
+    assert out.strip() == str(book_build.kernel_threads(2))
     assert book_build.stale(nbs, "cpu", cache) == nbs  # made under ci: executed again under cpu
 
 

@@ -147,6 +147,35 @@ def test_slide_rule():
     assert "slideshow" not in nb.cells[0].metadata  # the book's notebook is not changed
 
 
+def test_decks_read_the_execution_cache_not_an_unexecuted_copy(tmp_path):
+    """The deck of a chapter comes from the build's execution cache (outputs of the chapter's
+    current code). A copy in jupyter_execute without outputs (what myst-nb writes there when it
+    takes a notebook from the cache) is not an executed notebook; one with outputs is accepted."""
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    name = "01_attention"
+    src = chapters.chapter_path(name)
+    executed, cache = tmp_path / "jupyter_execute", tmp_path / "cache"
+    executed.mkdir()
+    nbformat.write(nbformat.read(src, as_version=4), executed / src.name)  # unexecuted copy
+    with pytest.raises(FileNotFoundError, match="no executed copy of 01_attention"):
+        slides.executed_notebook(name, executed, cache)
+
+    ran = nbformat.read(src, as_version=4)
+    first = next(c for c in ran.cells if c.cell_type == "code")
+    first.outputs = [nbformat.v4.new_output("stream", name="stdout", text="from the cache\n")]
+    db = get_cache(str(cache))
+    db.cache_notebook_bundle(CacheBundleIn(ran, db.add_nb_to_project(str(src)).uri), check_validity=False)
+    nb = slides.executed_notebook(name, executed, cache)
+    assert any(o.get("text") == "from the cache\n" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+    first.outputs = [nbformat.v4.new_output("stream", name="stdout", text="from the copy\n")]
+    nbformat.write(ran, executed / src.name)
+    nb = slides.executed_notebook(name, executed, tmp_path / "no-cache")
+    assert any(o.get("text") == "from the copy\n" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
 def test_slides_link_only_local_assets():
     """The deck loads reveal.js and MathJax from the book's static copies, never from a CDN."""
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T\n\n## S\n\n$x$")])

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("chapters", nargs="*")
     p.add_argument("--executed", type=Path, default=slides.EXECUTED,
                    help=f"folder of executed chapter notebooks (default {slides.EXECUTED})")
+    p.add_argument("--cache", type=Path, default=slides.CACHE,
+                   help=f"the book build's execution cache, read first (default {slides.CACHE})")
     p = sub.add_parser("times", help=f"time every cell; writes {timing.TIMES}")
     p.add_argument("chapters", nargs="*")
     p.add_argument("--profile", default="cpu", choices=["ci", "cpu", "gpu"])
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "grade":
         print(grading.table(grading.grade(args.submissions, args.course, args.timeout)))
     elif args.command == "slides":
-        for deck in slides.build(args.out, _names(args.chapters), args.executed):
+        for deck in slides.build(args.out, _names(args.chapters), args.executed, args.cache):
             print(f"slides: {deck}")
     else:
         timing.record(_names(args.chapters), args.profile)

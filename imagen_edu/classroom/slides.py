@@ -39,6 +39,7 @@ from . import chapters
 STATIC = chapters.BOOK / "_static"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 EXECUTED = chapters.ROOT / "_build" / "jupyter_execute" / "book"  # what the book build executed
+CACHE = chapters.ROOT / "_build" / ".jupyter_cache"  # the book build's execution cache
 LONG_CODE = 15  # lines: a longer code cell shows its output only
 REVEAL = "../_static/reveal.js"
 MATHJAX = "../_static/mathjax/tex-chtml-full.js"
@@ -127,13 +128,31 @@ def exporter() -> SlidesExporter:
                           extra_template_basedirs=[str(TEMPLATES)])
 
 
-def executed_notebook(name: str, executed: Path = EXECUTED) -> Path:
-    """The executed copy of a chapter (from the book build); raises if it is missing."""
+def executed_notebook(name: str, executed: Path = EXECUTED, cache: Path | None = CACHE) -> nbformat.NotebookNode:
+    """The executed chapter ``name``: from the book's execution cache, else from ``executed``.
+
+    The cache (``_build/.jupyter_cache``, ``execute_notebooks: cache``) holds the outputs of the
+    chapter's current code, whether this build executed it or an earlier one did. The copies in
+    ``_build/jupyter_execute`` are not enough on their own: when the build takes a notebook from
+    the cache, myst-nb 1.x writes the *unexecuted* notebook there. So a copy without a single
+    output counts as missing. Raises ``FileNotFoundError`` when neither has the chapter.
+    """
+    source = nbformat.read(chapters.chapter_path(name), as_version=4)
+    if cache is not None and Path(cache).is_dir():
+        from jupyter_cache import get_cache
+
+        try:
+            return get_cache(str(cache)).merge_match_into_notebook(source)[1]
+        except KeyError:  # no record for this code
+            pass
     p = Path(executed) / f"{chapters.chapter_path(name).stem}.ipynb"
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} is missing: build the book first (jupyter-book build .), or "
-                                "pass --executed DIR with executed notebooks")
-    return p
+    if p.is_file():
+        nb = nbformat.read(p, as_version=4)
+        if any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
+            return nb
+    raise FileNotFoundError(f"no executed copy of {name}: not in the cache {cache} and no outputs in {p}; "
+                            "build the book first (jupyter-book build .), or pass --executed DIR with "
+                            "executed notebooks")
 
 
 def copy_assets(out: Path) -> None:
@@ -144,14 +163,17 @@ def copy_assets(out: Path) -> None:
             shutil.copytree(STATIC / sub, dest)
 
 
-def build(out: Path, names: list[str] | None = None, executed: Path = EXECUTED) -> list[Path]:
-    """Write ``out/slides/CHAPTER.slides.html`` for every chapter; returns the decks."""
+def build(out: Path, names: list[str] | None = None, executed: Path = EXECUTED,
+          cache: Path | None = CACHE) -> list[Path]:
+    """Write ``out/slides/CHAPTER.slides.html`` for every chapter (see :func:`executed_notebook`);
+    returns the decks."""
     out = Path(out)
+    names = list(names or chapters.CHAPTERS)
+    notebooks = {name: executed_notebook(name, executed, cache) for name in names}  # all found, or nothing written
     (out / "slides").mkdir(parents=True, exist_ok=True)
     copy_assets(out)
     ex, decks = exporter(), []
-    for name in names or chapters.CHAPTERS:
-        nb = nbformat.read(executed_notebook(name, executed), as_version=4)
+    for name, nb in notebooks.items():
         body, _ = ex.from_notebook_node(slide_notebook(nb))
         deck = out / "slides" / f"{chapters.chapter_path(name).stem}.slides.html"
         deck.write_text(body, encoding="utf-8")

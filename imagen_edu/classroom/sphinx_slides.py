@@ -1,9 +1,9 @@
 """A Sphinx hook that puts the slide decks into the built book (``_build/html/slides/``).
 
 Listed under ``sphinx.extra_extensions`` in ``_config.yml``. When an HTML build finishes it
-builds a deck (:func:`.slides.build`) for every chapter that the build executed (myst-nb keeps
-the executed notebooks in ``_build/jupyter_execute/book``), so the decks show the outputs of the
-same run as the pages; the instructor's guide links to them. The decks use the book's own
+builds a deck (:func:`.slides.build`) for every chapter whose executed notebook the build has
+(its execution cache, see :func:`.slides.executed_notebook`), so the decks show the outputs that
+the pages show; the instructor's guide links to them. The decks use the book's own
 ``_static/reveal.js`` and ``_static/mathjax``, which the build has just copied.
 """
 
@@ -23,9 +23,16 @@ def build_decks(app, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
     executed = Path(app.outdir).parent / "jupyter_execute" / "book"
-    names = [n for n in chapters.CHAPTERS if (executed / f"{n}.ipynb").is_file()]
+    cache = Path(app.env.mystnb_config.execution_cache_path)
+    names = []
+    for name in chapters.CHAPTERS:
+        try:
+            slides.executed_notebook(name, executed, cache)
+        except FileNotFoundError:
+            continue
+        names.append(name)
     if names:
-        decks = slides.build(Path(app.outdir), names, executed)
+        decks = slides.build(Path(app.outdir), names, executed, cache)
         LOG.info(f"[classroom] {len(decks)} slide decks in {Path(app.outdir) / 'slides'}")
 
 

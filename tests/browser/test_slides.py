@@ -2,7 +2,7 @@
 
 The decks are the ones the book build put into ``$IMAGEN_EDU_BOOK_HTML/slides`` (default
 ``_build/html/slides``; see ``imagen_edu/classroom/sphinx_slides.py``), built from the notebooks
-that build executed. Without them, but with executed notebooks in ``_build/jupyter_execute/book``,
+that build executed. Without them, but with the chapters in the build's execution cache,
 the decks are built into a temporary folder first (``python -m imagen_edu.classroom slides``).
 
 For each deck: it loads with the chapter's title; reveal.js started (its slides are laid out);
@@ -37,12 +37,14 @@ def _decks_dir() -> tuple[Path | None, str | None]:
     built = HTML / "slides"
     if all((built / f"{n}.slides.html").is_file() for n in chapters.CHAPTERS):
         return HTML, None
-    if all((slides.EXECUTED / f"{n}.ipynb").is_file() for n in chapters.CHAPTERS):
-        out = Path(tempfile.mkdtemp(prefix="imagen-edu-slides-"))
-        slides.build(out)
-        return out, None
-    return None, (f"no decks in {built} and no executed notebooks in {slides.EXECUTED} "
-                  "(build the book first: jupyter-book build .)")
+    try:
+        for n in chapters.CHAPTERS:
+            slides.executed_notebook(n)
+    except FileNotFoundError as e:
+        return None, f"no decks in {built} and {e}"
+    out = Path(tempfile.mkdtemp(prefix="imagen-edu-slides-"))
+    slides.build(out)
+    return out, None
 
 
 ROOT_DIR, REASON = _decks_dir()
