@@ -194,8 +194,9 @@ class ImagenSettings:
     n_train_images: int = 20000
     # the stages in cascade order ("base", "sr1" and optionally "sr2"); read-only
     stages: dict = field(default_factory=stages_with)
-    # evaluation and figures
-    n_eval: int = 200
+    # evaluation and figures: captions per set in chapter 5's in-page evaluations (the shipped
+    # cascade's own figures come from `python -m imagen_edu eval --n 200` and more)
+    n_eval: int = 128
     guidance_sweep: tuple = (1.0, 2.0, 3.0, 5.0, 8.0)
     n_grid: int = 8
     # chapter 5a trains the base stage live (imagen_edu.live_training): its wall-time cap in
