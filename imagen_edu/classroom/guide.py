@@ -54,13 +54,9 @@ _MATHJAX_CHECK = re.compile(r"typeof MathJax\s*!==?\s*'undefined'")
 _MATHJAX_LOADED = "(typeof MathJax != 'undefined' && typeof MathJax.version == 'string')"
 
 
-def quiz_outputs(name: str) -> tuple[str, str]:
-    """The HTML and the JavaScript that show a chapter's quick checks (jupyterquiz), MathJax-safe.
-
-    Returns ``(html, javascript)``: jupyterquiz's own ``display_quiz`` output for
-    :func:`quiz_path` ``(name)``, with every ``typeof MathJax != 'undefined'`` test in the script
-    strengthened to "MathJax has loaded" (see ``_MATHJAX_LOADED``).
-    """
+def jupyterquiz_outputs(name: str) -> tuple[str, str]:
+    """jupyterquiz's own ``display_quiz`` output for :func:`quiz_path` ``(name)``, as it is:
+    ``(html, javascript)``."""
     path = quiz_path(name)
     if not path.is_file():
         raise ValueError(f"no quick checks for {name!r}: expected {path}")
@@ -72,7 +68,16 @@ def quiz_outputs(name: str) -> tuple[str, str]:
     kinds = [type(o).__name__ for o in shown]
     if kinds != ["HTML", "Javascript"]:
         raise RuntimeError(f"jupyterquiz's display_quiz showed {kinds}, expected ['HTML', 'Javascript']")
-    html, js = shown[0].data, shown[1].data
+    return shown[0].data, shown[1].data
+
+
+def quiz_outputs(name: str) -> tuple[str, str]:
+    """The HTML and the JavaScript that show a chapter's quick checks, MathJax-safe.
+
+    Returns :func:`jupyterquiz_outputs` with every ``typeof MathJax != 'undefined'`` test in the
+    script strengthened to "MathJax has loaded" (see ``_MATHJAX_LOADED``).
+    """
+    html, js = jupyterquiz_outputs(name)
     js, n = _MATHJAX_CHECK.subn(_MATHJAX_LOADED, js)
     if n == 0 or "MathJax.version" not in js:
         raise RuntimeError("jupyterquiz's script has changed: no MathJax test found to guard")

@@ -137,10 +137,10 @@ def executed_notebook(name: str, executed: Path = EXECUTED, cache: Path | None =
     the cache, myst-nb 1.x writes the *unexecuted* notebook there. So a copy without a single
     output counts as missing. Raises ``FileNotFoundError`` when neither has the chapter.
     """
-    source = nbformat.read(chapters.chapter_path(name), as_version=4)
     if cache is not None and Path(cache).is_dir():
         from jupyter_cache import get_cache
 
+        source = nbformat.read(chapters.chapter_path(name), as_version=4)
         try:
             return get_cache(str(cache)).merge_match_into_notebook(source)[1]
         except KeyError:  # no record for this code
@@ -163,13 +163,26 @@ def copy_assets(out: Path) -> None:
             shutil.copytree(STATIC / sub, dest)
 
 
-def build(out: Path, names: list[str] | None = None, executed: Path = EXECUTED,
-          cache: Path | None = CACHE) -> list[Path]:
-    """Write ``out/slides/CHAPTER.slides.html`` for every chapter (see :func:`executed_notebook`);
-    returns the decks."""
+def executed_notebooks(names: list[str] | None = None, executed: Path = EXECUTED,
+                       cache: Path | None = CACHE, missing: str = "raise") -> dict[str, nbformat.NotebookNode]:
+    """``{name: executed notebook}`` for ``names`` (default: every chapter), by
+    :func:`executed_notebook`; a chapter with none raises (``missing="raise"``) or is left out
+    (``missing="skip"``, for a build that executed only some chapters)."""
+    if missing not in ("raise", "skip"):
+        raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}")
+    found = {}
+    for name in names or chapters.CHAPTERS:
+        try:
+            found[name] = executed_notebook(name, executed, cache)
+        except FileNotFoundError:
+            if missing == "raise":
+                raise
+    return found
+
+
+def write_decks(out: Path, notebooks: dict[str, nbformat.NotebookNode]) -> list[Path]:
+    """Write ``out/slides/CHAPTER.slides.html`` for each ``{name: executed notebook}``; returns the decks."""
     out = Path(out)
-    names = list(names or chapters.CHAPTERS)
-    notebooks = {name: executed_notebook(name, executed, cache) for name in names}  # all found, or nothing written
     (out / "slides").mkdir(parents=True, exist_ok=True)
     copy_assets(out)
     ex, decks = exporter(), []
@@ -179,3 +192,10 @@ def build(out: Path, names: list[str] | None = None, executed: Path = EXECUTED,
         deck.write_text(body, encoding="utf-8")
         decks.append(deck)
     return decks
+
+
+def build(out: Path, names: list[str] | None = None, executed: Path = EXECUTED,
+          cache: Path | None = CACHE) -> list[Path]:
+    """Write the deck of every chapter in ``names`` (see :func:`executed_notebook`); all are found
+    before anything is written. Returns the decks."""
+    return write_decks(out, executed_notebooks(names, executed, cache))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sphinx.util import logging
 
-from . import chapters, slides
+from . import slides
 
 LOG = logging.getLogger(__name__)
 
@@ -24,15 +24,9 @@ def build_decks(app, exception) -> None:
         return
     executed = Path(app.outdir).parent / "jupyter_execute" / "book"
     cache = Path(app.env.mystnb_config.execution_cache_path)
-    names = []
-    for name in chapters.CHAPTERS:
-        try:
-            slides.executed_notebook(name, executed, cache)
-        except FileNotFoundError:
-            continue
-        names.append(name)
-    if names:
-        decks = slides.build(Path(app.outdir), names, executed, cache)
+    notebooks = slides.executed_notebooks(None, executed, cache, missing="skip")
+    if notebooks:
+        decks = slides.write_decks(Path(app.outdir), notebooks)
         LOG.info(f"[classroom] {len(decks)} slide decks in {Path(app.outdir) / 'slides'}")
 
 

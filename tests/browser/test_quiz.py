@@ -11,7 +11,6 @@ Needs Chromium (skips without it); does not need the built book. A few seconds.
 """
 
 import pytest
-from IPython.display import HTML, Javascript
 
 from imagen_edu.classroom import guide
 from support import browser
@@ -26,25 +25,12 @@ PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>Quick checks &
 <script type="text/javascript">{js}</script></div></article></body></html>"""
 
 
-def _raw_outputs(name):
-    """jupyterquiz's display_quiz output as it is (what the pages showed before show_quiz)."""
-    from unittest import mock
-
-    import jupyterquiz.dynamic.display as jq
-
-    shown = []
-    with mock.patch.object(jq, "display", shown.append):
-        jq.display_quiz(str(guide.quiz_path(name)))
-    assert [type(o) for o in shown] == [HTML, Javascript]
-    return shown[0].data, shown[1].data
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("quiz")
     html, js = guide.quiz_outputs(NAME)
     (root / "guarded.html").write_text(PAGE.format(html=html, js=js), encoding="utf-8")
-    html, js = _raw_outputs(NAME)
+    html, js = guide.jupyterquiz_outputs(NAME)  # as jupyterquiz writes it
     (root / "raw.html").write_text(PAGE.format(html=html, js=js), encoding="utf-8")
     return browser.check_book(root, pages=["guarded.html", "raw.html"], workers=2)
 

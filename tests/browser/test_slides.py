@@ -38,12 +38,11 @@ def _decks_dir() -> tuple[Path | None, str | None]:
     if all((built / f"{n}.slides.html").is_file() for n in chapters.CHAPTERS):
         return HTML, None
     try:
-        for n in chapters.CHAPTERS:
-            slides.executed_notebook(n)
+        notebooks = slides.executed_notebooks()
     except FileNotFoundError as e:
         return None, f"no decks in {built} and {e}"
     out = Path(tempfile.mkdtemp(prefix="imagen-edu-slides-"))
-    slides.build(out)
+    slides.write_decks(out, notebooks)
     return out, None
 
 
