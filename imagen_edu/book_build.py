@@ -35,7 +35,7 @@ from jupyter_cache import get_cache
 from jupyter_cache.base import CacheBundleIn
 from jupyter_cache.executors.utils import single_nb_execution
 
-from . import REPO_ROOT, profiles
+from . import REPO_ROOT, kernel_polling, profiles
 from .arguments import ArgumentParser, check_int
 from .classroom import timing
 from .errors import run_cli
@@ -83,8 +83,13 @@ def _execute(path: str, cache_path: str, profile: str, timeout: int | None, allo
     cache = get_cache(cache_path)
     nb = nbformat.read(path, as_version=4)
     record = cache.add_nb_to_project(path)
-    result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout, allow_errors=allow_errors,
-                                 meta_override=True)
+    kernel_polling.install()  # a missed wake-up on the kernel's reply costs half a second, not the timeout
+    start = time.perf_counter()
+    try:
+        result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout, allow_errors=allow_errors,
+                                     meta_override=True)
+    except Exception as err:  # a dead or unreachable kernel (nbclient's DeadKernelError...): this notebook failed
+        return path, time.perf_counter() - start, f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}"
     if result.err is not None:
         return path, result.time, f"{type(result.err).__name__}: {str(result.err).strip().splitlines()[-1:]}"
     cache.cache_notebook_bundle(CacheBundleIn(nb, record.uri, data={"execution_seconds": result.time,

@@ -61,6 +61,16 @@ def test_executed_notebooks_are_cached_per_profile_and_failures_are_left_to_the_
     assert book_build.stale(nbs, "cpu", cache) == nbs  # made under ci: executed again under cpu
 
 
+def test_a_kernel_that_dies_is_a_failed_notebook_not_a_crash(tmp_path):
+    """nbclient raises DeadKernelError (not a cell error) when the kernel process dies: that
+    notebook is reported as failed and the others still execute and are cached."""
+    root = _book(tmp_path, {"dies": "import os\nos._exit(1)", "ok": "print('fine')"})
+    cache = tmp_path / "_build" / ".jupyter_cache"
+    nbs = book_build.toc_notebooks(root)
+    assert book_build.execute_all(nbs, 1, "ci", cache, root) == ["book/dies.ipynb"]
+    assert book_build.stale(nbs, "ci", cache) == [nbs[0]]
+
+
 def test_bad_jobs_is_one_line_and_exit_2():
     """A wrong --jobs stops before any work with one line on stderr and exit status 2."""
     for bad in ("0", "two"):

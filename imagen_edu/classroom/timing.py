@@ -25,7 +25,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 from nbclient import NotebookClient
 
-from .. import profiles
+from .. import kernel_polling, profiles
 from . import chapters
 
 TIMES = chapters.ROOT / "data" / "benchmarks" / "cell_times.json"
@@ -54,6 +54,7 @@ def execute(name: str, profile: str, timeout: int = 3600) -> tuple[object, float
     nb = chapters.read(name)
     env = os.environ.get("IMAGEN_EDU_PROFILE")
     os.environ["IMAGEN_EDU_PROFILE"] = profile  # the kernel inherits this process's environment
+    kernel_polling.install()  # a missed wake-up on a reply must not stall the run (imagen_edu.kernel_polling)
     try:
         t0 = time.perf_counter()
         NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
