@@ -5,6 +5,10 @@ builds a deck (:func:`.slides.build`) for every chapter whose executed notebook 
 (its execution cache, see :func:`.slides.executed_notebook`), so the decks show the outputs that
 the pages show; the instructor's guide links to them. The decks use the book's own
 ``_static/reveal.js`` and ``_static/mathjax``, which the build has just copied.
+
+Being the book's one extension, it also makes the notebooks the build executes itself (myst-nb,
+through jupyter-cache, in this process) wait for their kernel's replies in short slices
+(:mod:`imagen_edu.kernel_polling`), as ``python -m imagen_edu.book_build`` does.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 
 from sphinx.util import logging
 
+from .. import kernel_polling
 from . import slides
 
 LOG = logging.getLogger(__name__)
@@ -31,5 +36,6 @@ def build_decks(app, exception) -> None:
 
 
 def setup(app):
+    kernel_polling.install()
     app.connect("build-finished", build_decks)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
