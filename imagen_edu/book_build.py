@@ -78,6 +78,11 @@ def longest_first(notebooks: list[Path], profile: str) -> list[Path]:
     return sorted(notebooks, key=lambda p: -measured.get(p.stem, {}).get("total_s", float("inf")))
 
 
+def _one_line(err: BaseException) -> str:
+    """An execution error as one line: its type and the last line of its message."""
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}"
+
+
 def _execute(path: str, cache_path: str, profile: str, timeout: int | None, allow_errors: bool) -> tuple[str, float, str]:
     """Execute one notebook in a fresh kernel (its folder as working directory) and cache it."""
     cache = get_cache(cache_path)
@@ -89,9 +94,9 @@ def _execute(path: str, cache_path: str, profile: str, timeout: int | None, allo
         result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout, allow_errors=allow_errors,
                                      meta_override=True)
     except Exception as err:  # a dead or unreachable kernel (nbclient's DeadKernelError...): this notebook failed
-        return path, time.perf_counter() - start, f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}"
+        return path, time.perf_counter() - start, _one_line(err)
     if result.err is not None:
-        return path, result.time, f"{type(result.err).__name__}: {str(result.err).strip().splitlines()[-1:]}"
+        return path, result.time, _one_line(result.err)
     cache.cache_notebook_bundle(CacheBundleIn(nb, record.uri, data={"execution_seconds": result.time,
                                                                      "imagen_edu_profile": profile}),
                                 check_validity=False, overwrite=True)
