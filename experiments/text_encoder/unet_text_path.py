@@ -1,6 +1,6 @@
 """Base stage with one of Imagen's U-Net text-path variants patched in (not yet package options).
 
-usage: python experiments/text_encoder/unet_text_path.py VARIANT ENCODER OUT SECONDS
+usage: python experiments/text_encoder/unet_text_path.py VARIANT ENCODER OUT SECONDS [STAGE_FIELDS_JSON]
 
 VARIANT:
   selfkv    the text tokens (LayerNorm, then a linear map to the block's width) are concatenated
@@ -11,6 +11,8 @@ VARIANT:
             every pixel knows where it is from the first layer (a control: is the position the
             bottleneck?);
   plain     the package's U-Net unchanged (the same script, for a like-for-like budget).
+
+STAGE_FIELDS_JSON (optional): StageConfig fields changed on top, e.g. '{"batch_size": 16}'.
 
 Trains the cpu base stage for SECONDS (one thread), then prints JSON with the steps and
 ``evaluate.relation_loss_test`` (true / relation-flipped / null caption loss per range of t).
@@ -28,6 +30,7 @@ from imagen_edu import configs, evaluate, text_encoders, unet  # noqa: E402
 from imagen_edu.stage_training import train_stage  # noqa: E402
 
 variant, enc_name, out, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+changes = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
 if variant not in ("selfkv", "coords", "plain"):
     sys.exit(f"unet_text_path.py: error: VARIANT must be selfkv, coords or plain, got {variant!r}")
 
@@ -87,11 +90,11 @@ elif variant == "coords":
 enc = text_encoders.get(enc_name)
 cfg = configs.stage_config("base", "cpu")
 D = enc.dim
-cfg = cfg.replace(text_encoder=enc_name, text_dim=D, unet={"cond_dim": D, "context_dim": D}, max_seconds=seconds)
+cfg = cfg.replace(text_encoder=enc_name, text_dim=D, unet={"cond_dim": D, "context_dim": D}, max_seconds=seconds, **changes)
 t0 = time.time()
 res = train_stage(cfg, enc, out_dir=out, progress=False, overwrite=True)
 r = evaluate.relation_loss_test(res["stage"], enc, n=256)
 ratio = r["flipped"][-1] / r["true"][-1]
-print(json.dumps({"variant": variant, "encoder": enc_name, "steps": res["steps"], "seconds": round(time.time() - t0),
+print(json.dumps({"variant": variant, "encoder": enc_name, "changes": changes, "steps": res["steps"], "seconds": round(time.time() - t0),
                   "params": sum(p.numel() for p in res["stage"].parameters()), "ratio_large_t": round(ratio, 4),
                   **{k: [round(x, 4) for x in v] for k, v in r.items() if k != "t_ranges"}}), flush=True)
