@@ -27,9 +27,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # Under pytest-xdist (``pytest -n auto``, the README's test command) the workers share the cores:
 # each gets its share of the threads, for torch here and for the processes a test starts.
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
-    _share = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    from imagen_edu.book_build import kernel_threads  # the cores shared out, as among the book's kernels
+
+    _share = kernel_threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_share)
-    if "torch" in sys.modules:  # imported already (by a plugin): it read the variable before
+    if "torch" in sys.modules:  # imported already (imagen_edu, a plugin): it read the variable before
         sys.modules["torch"].set_num_threads(_share)
 
 _LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost", "0.0.0.0", ""}

@@ -4,16 +4,17 @@ nbclient (which executes the book's notebooks, through jupyter-cache and myst-nb
 cell's ``execute_reply`` with one ``await socket.poll(timeout)`` on the kernel's shell socket. Now
 and then, in a cell that shows an ipywidgets widget (``interact``), that poll does not wake when
 the reply arrives: the kernel is idle, the reply is waiting in the socket, and the client sleeps
-until the cell's whole timeout has passed (measured here: one run in three of chapter 3's
-notebook stalled at its ``interact`` cell for the full timeout, then went on with the right outputs;
-nbclient issue #312 reports the same). A ZeroMQ socket's file descriptor signals *edges*, so a
+until the cell's whole timeout has passed (measured here: two runs in four of chapter 3's
+notebook stalled at its ``interact`` cell for the full timeout, then went on with the right outputs,
+``experiments/notebook_stall/hunt.py``; nbclient issue #312 reports the same). A ZeroMQ socket's file descriptor signals *edges*, so a
 wake-up that another reader of the event loop consumed is not signalled again; when the poll
 times out it checks the socket once more and finds the message.
 
 :func:`install` makes every asynchronous kernel channel poll in slices of at most
 ``SLICE_S`` seconds, each ending with that check, until the caller's own timeout: the same
-messages in the same order, at most ``SLICE_S`` late. :mod:`imagen_edu.book_build` and
-:mod:`imagen_edu.classroom.timing` install it in the processes that execute notebooks.
+messages in the same order, at most ``SLICE_S`` late. It is installed wherever notebooks execute:
+:mod:`imagen_edu.book_build`'s workers, :mod:`imagen_edu.classroom.timing`, the book's Sphinx
+extension (:mod:`imagen_edu.classroom.sphinx_slides`) and the tests' root ``conftest.py``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ __all__ = ["SLICE_S", "install", "installed"]
 
 #: the longest single wait on a kernel socket, in seconds
 SLICE_S = 0.5
-
-_original_get_msg = AsyncZMQSocketChannel.get_msg
 
 
 async def _get_msg_in_slices(self, timeout: float | None = None):
