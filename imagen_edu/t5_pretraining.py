@@ -9,8 +9,10 @@ cascade's text encoder, as T5-XXL is Imagen's.
 
 A second, optional text-only term (``PretrainConfig.paraphrase_weight``): documents that say one
 fact twice ("A right of B . B left of A") give paraphrase pairs, and each object's states in one
-phrasing must pick out the same object in the other phrasing against every object of the batch,
-including the same words in the contradicting fact ("A left of B"). It is the contrastive loss of
+phrasing must pick out the same object in the other phrasing against the other objects,
+including the same words in the contradicting fact ("A left of B"); with
+``paraphrase_states="word"`` (the cascade's recipe) each word's state must do so on its own, so
+that the colour word carries the side as well as the shape word. It is the contrastive loss of
 chapter 4 (:func:`imagen_edu.clip.clip_loss`) over objects instead of images and captions, with
 paraphrases as positives and contradictions as hard negatives, as supervised SimCSE uses them for
 sentence embeddings (Gao et al. 2021, Section 4). Chapter 2b ("Readable is not loud") shows why
@@ -72,6 +74,12 @@ class PretrainConfig:
             fact and its contradiction (the side is all it must add); ``"batch"``: with every
             object of the batch, as CLIP's images compete with every caption (which also pushes
             the objects' identities apart, entangling colour with shape).
+        paraphrase_states: what stands for an object in that term: ``"object"``, the mean of its
+            colour and shape words' states (one vector per object; the encoder may then put the
+            side in one word alone, the shape word, and leave the colour word without it);
+            ``"word"``, each word's state on its own (colour word against colour words, shape
+            word against shape words, the two losses averaged), so that every word of an object
+            carries the object's side, and the U-Net can place each word's meaning (chapter 2b).
         steps, batch_size, lr, warmup_steps: the trainer's budget (AdamW, warm-up + cosine).
         seed: the model's initialisation and the corruption's random spans.
         max_seconds: stop early after this much wall time (``None``: no limit).
@@ -88,6 +96,7 @@ class PretrainConfig:
     paraphrase_facts: int = 16
     paraphrase_temperature: float = 0.1
     paraphrase_negatives: str = "group"
+    paraphrase_states: str = "object"
     steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
@@ -116,6 +125,9 @@ class PretrainConfig:
         if self.paraphrase_negatives not in ("group", "batch"):
             raise ValueError(f"PretrainConfig.paraphrase_negatives must be 'group' or 'batch', got "
                              f"{self.paraphrase_negatives!r}")
+        if self.paraphrase_states not in ("object", "word"):
+            raise ValueError(f"PretrainConfig.paraphrase_states must be 'object' or 'word', got "
+                             f"{self.paraphrase_states!r}")
         if self.paraphrase_weight and not paraphrase_groups(text_corpus(self.corpus)):
             raise ValueError(f"PretrainConfig.paraphrase_weight > 0 needs a corpus whose documents say a fact twice "
                              f"('restated' or 'described'), got corpus {self.corpus!r}")
@@ -215,22 +227,26 @@ def paraphrase_batch(groups, tok: WordTokenizer, cfg: PretrainConfig, generator:
     return (*tok.batch_encode(xs, add_bos=False, add_eos=True), *tok.batch_encode(ys, add_bos=False, add_eos=True))
 
 
-def object_states(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Each caption's two objects from its encoder states: ``(B, T, D)``, ``(B, T)`` -> ``(B, 2, D)``.
+def object_states(states: torch.Tensor, mask: torch.Tensor, words: bool = False) -> torch.Tensor:
+    """Each caption's two objects from its encoder states: ``(B, T, D)``, ``(B, T)`` -> ``(B, 2, D)``
+    (``words=True``: ``(B, 2, 2, D)``, object, then its colour and shape word).
 
     A caption of the grammar reads ``a COLOUR SHAPE RELATION a COLOUR SHAPE <eos>``: the first
     object is words 1-2, the second the last two words before ``<eos>``. An object's vector is the
-    mean of its two LayerNormed states (LayerNorm as the U-Net reads them, chapter 5), unit length.
+    mean of its two LayerNormed states (LayerNorm as the U-Net reads them, chapter 5), unit length;
+    with ``words`` each word's LayerNormed state, unit length.
     """
     h = F.layer_norm(states, states.shape[-1:])
     n = mask.sum(1) - 1                                    # words before <eos>
     rows = torch.arange(len(h), device=h.device)
-    first = (h[rows, 1] + h[rows, 2]) / 2
-    second = (h[rows, n - 2] + h[rows, n - 1]) / 2
-    return F.normalize(torch.stack([first, second], 1), dim=-1)
+    first = torch.stack([h[rows, 1], h[rows, 2]], 1)       # (B, 2 words, D)
+    second = torch.stack([h[rows, n - 2], h[rows, n - 1]], 1)
+    objects = torch.stack([first, second], 1)              # (B, 2 objects, 2 words, D)
+    return F.normalize(objects if words else objects.mean(2), dim=-1)
 
 
-def paraphrase_loss(model: T5, batch, temperature: float, negatives: str = "group") -> torch.Tensor:
+def paraphrase_loss(model: T5, batch, temperature: float, negatives: str = "group",
+                    states: str = "object") -> torch.Tensor:
     """The paraphrase-contrastive loss of one :func:`paraphrase_batch`, a scalar. Eq. (ch2b-eq-para).
 
     Object ``A`` of ``x_i`` (``A rel B``) and object ``A`` of ``y_i`` (``B conv A``) are a positive
@@ -240,10 +256,21 @@ def paraphrase_loss(model: T5, batch, temperature: float, negatives: str = "grou
     The loss is chapter 4's symmetric InfoNCE, :func:`imagen_edu.clip.clip_loss`, with ``s = 1 / tau``,
     over the whole batch (``negatives="batch"``) or within each fact's group of four objects
     (``"group"``: A and B of the fact, A and B of its contradiction), averaged over the groups.
+    ``states="word"``: the same loss for the colour words and for the shape words on their own
+    (:func:`object_states` with ``words``), averaged, so that neither word can leave the side to
+    the other.
     """
     x_ids, x_mask, y_ids, y_mask = batch
-    vx = object_states(model.encode(x_ids, x_mask), x_mask)               # [A, B] of "A rel B"
-    vy = object_states(model.encode(y_ids, y_mask), y_mask)[:, [1, 0]]    # [A, B] of "B conv A"
+    words = states == "word"
+    vx = object_states(model.encode(x_ids, x_mask), x_mask, words)               # [A, B] of "A rel B"
+    vy = object_states(model.encode(y_ids, y_mask), y_mask, words)[:, [1, 0]]    # [A, B] of "B conv A"
+    if words:
+        return torch.stack([_contrast(vx[:, :, w], vy[:, :, w], temperature, negatives) for w in (0, 1)]).mean()
+    return _contrast(vx, vy, temperature, negatives)
+
+
+def _contrast(vx: torch.Tensor, vy: torch.Tensor, temperature: float, negatives: str) -> torch.Tensor:
+    """InfoNCE between the objects ``vx``, ``vy`` ``(2F, 2, D)`` of :func:`paraphrase_loss`."""
     if negatives == "batch":
         return clip_loss(vx.flatten(0, 1), vy.flatten(0, 1), 1.0 / temperature)
     gx, gy = vx.reshape(-1, 4, vx.shape[-1]), vy.reshape(-1, 4, vy.shape[-1])   # rows 2k, 2k+1: one group
@@ -254,7 +281,7 @@ def _loss(model: T5, batch, cfg: PretrainConfig | None = None) -> torch.Tensor:
     if isinstance(batch, dict):
         ids, mask, labels = batch["span"]
         return model.loss(ids, mask, labels) + cfg.paraphrase_weight * paraphrase_loss(
-            model, batch["paraphrase"], cfg.paraphrase_temperature, cfg.paraphrase_negatives)
+            model, batch["paraphrase"], cfg.paraphrase_temperature, cfg.paraphrase_negatives, cfg.paraphrase_states)
     ids, mask, labels = batch
     return model.loss(ids, mask, labels)
 
@@ -324,7 +351,7 @@ SHIPPED_NAME = "t5"
 #: and longer spans, and the paraphrase-contrastive term (chapter 2b, "Making the side loud");
 #: a profile's ``t5`` overrides go on top (the ``ci`` profile shrinks the model and the steps).
 CASCADE_ENCODER: dict = dict(corpus="described", noise_density=0.4, mean_span_length=2.0,
-                             paraphrase_weight=1.0, steps=1200)
+                             paraphrase_weight=1.0, paraphrase_states="word", steps=1200)
 
 
 def cascade_encoder_config(profile=None, seed: int = 0) -> PretrainConfig:

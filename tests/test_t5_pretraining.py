@@ -162,6 +162,63 @@ def test_object_states_read_each_objects_colour_and_shape_words():
     assert torch.allclose(out.norm(dim=-1), torch.ones(2, 2))
 
 
+def test_object_states_by_word_keep_each_words_state_apart():
+    """words=True: (B, 2 objects, 2 words, D), each word's LayerNormed state at unit length; their
+    mean, normalised, is the object's vector."""
+    states = torch.randn(2, 9, 6)
+    mask = torch.tensor([[True] * 9, [True] * 8 + [False]])
+    out = P.object_states(states, mask, words=True)
+    assert out.shape == (2, 2, 2, 6)
+    ln = torch.nn.functional.layer_norm(states, (6,))
+    torch.testing.assert_close(out[1, 1, 0], torch.nn.functional.normalize(ln[1, 5], dim=-1))
+    torch.testing.assert_close(out[1, 1, 1], torch.nn.functional.normalize(ln[1, 6], dim=-1))
+    torch.testing.assert_close(out[0, 0, 1], torch.nn.functional.normalize(ln[0, 2], dim=-1))
+    torch.testing.assert_close(torch.nn.functional.normalize(out.mean(2), dim=-1), P.object_states(states, mask))
+
+
+def test_paraphrase_loss_by_word_is_the_mean_of_the_colour_and_shape_words_losses():
+    """states="word": the group InfoNCE of the colour words plus that of the shape words, halved.
+    An encoder that writes the side into the shape word alone wins the object loss but not the
+    word loss: the colour word cannot tell the fact from its contradiction."""
+    from imagen_edu import clip, t5
+
+    cfg = P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_facts=3,
+                           paraphrase_temperature=0.2, paraphrase_states="word")
+    docs = text_corpus("described")
+    tok = P.t5_tokenizer(docs)
+    torch.manual_seed(0)
+    model = t5.T5(t5.T5Config(vocab_size=tok.vocab_size, d_model=16, n_heads=2, d_kv=8, d_ff=32, n_layers=1,
+                              n_decoder_layers=1)).eval()
+    batch = P.paraphrase_batch(P.paraphrase_groups(docs), tok, cfg, torch.Generator().manual_seed(1))
+    vx = P.object_states(model.encode(batch[0], batch[1]), batch[1], words=True)
+    vy = P.object_states(model.encode(batch[2], batch[3]), batch[3], words=True)[:, [1, 0]]
+    per_word = [torch.stack([clip.clip_loss(vx[2 * k:2 * k + 2, :, w].flatten(0, 1),
+                                            vy[2 * k:2 * k + 2, :, w].flatten(0, 1), 5.0) for k in range(3)]).mean()
+                for w in (0, 1)]
+    torch.testing.assert_close(P.paraphrase_loss(model, batch, 0.2, states="word"), torch.stack(per_word).mean())
+    assert not torch.allclose(P.paraphrase_loss(model, batch, 0.2, states="word"), P.paraphrase_loss(model, batch, 0.2))
+
+    # a stand-in encoder: every word state holds its own word, the shape word also the object's side
+    class SideInShapeWord(torch.nn.Module):
+        def encode(self, ids, mask):
+            g = torch.Generator().manual_seed(0)
+            table = torch.randn(tok.vocab_size, 32, generator=g)
+            h = table[ids].clone()
+            h[..., 24:] = 0
+            for b in range(len(ids)):
+                words = tok.decode(ids[b][mask[b]].tolist()).split()
+                side = {"left": 1, "right": -1, "above": 1, "below": -1}[words[3]]
+                n = int(mask[b].sum()) - 1
+                h[b, 2, 24:] = 8.0 * side
+                h[b, n - 1, 24:] = -8.0 * side
+            return h
+
+    fake = SideInShapeWord()
+    assert P.paraphrase_loss(fake, batch, 0.1) < 0.5 * P.paraphrase_loss(fake, batch, 0.1, states="word")
+    with pytest.raises(ValueError, match="paraphrase_states"):
+        P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_states="mean")
+
+
 def test_paraphrase_loss_is_chapter_4s_infonce_over_objects():
     """The loss is clip_loss(objects of x, matching objects of y, 1/tau): object A of 'A rel B'
     against object A of 'B conv A' (the y objects are swapped into x's order)."""

@@ -10,6 +10,9 @@ VARIANT:
   coords    two coordinate channels (x, y in [-1, 1]) concatenated to the U-Net's input, so that
             every pixel knows where it is from the first layer (a control: is the position the
             bottleneck?);
+  posq      a learned absolute position embedding (one vector per pixel, per cross-attention
+            layer) added to the normalised image features that become the cross-attention
+            queries, so that a pixel can ask for "the object on my side" from the first step;
   plain     the package's U-Net unchanged (the same script, for a like-for-like budget).
 
 STAGE_FIELDS_JSON (optional): StageConfig fields changed on top, e.g. '{"batch_size": 16}'.
@@ -31,8 +34,8 @@ from imagen_edu.stage_training import train_stage  # noqa: E402
 
 variant, enc_name, out, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 changes = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-if variant not in ("selfkv", "coords", "plain"):
-    sys.exit(f"unet_text_path.py: error: VARIANT must be selfkv, coords or plain, got {variant!r}")
+if variant not in ("selfkv", "coords", "posq", "plain"):
+    sys.exit(f"unet_text_path.py: error: VARIANT must be selfkv, coords, posq or plain, got {variant!r}")
 
 orig_unet_init = unet.UNet.__init__
 orig_level_fwd = unet._Level.forward
@@ -82,7 +85,44 @@ def coords_init(self, config):
     self.input_conv = CoordConv(self.input_conv)
 
 
-if variant == "selfkv":
+orig_attn_fwd = unet.SpatialAttention.forward
+
+
+def posq_init(self, config):
+    orig_unet_init(self, config)
+    crosses = [m for m in self.modules() if isinstance(m, unet.SpatialAttention) and m.is_cross]
+    sizes = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: sizes.setdefault(mod, args[0].shape[-2:]) and None)
+             for m in crosses]
+    with torch.no_grad():  # one dummy pass to learn each cross-attention layer's resolution
+        c = config
+        x = torch.zeros(1, c.in_channels, c.image_size, c.image_size)
+        kw = dict(context=torch.zeros(1, 2, c.context_dim))
+        if c.cond_dim:
+            kw["cond"] = torch.zeros(1, c.cond_dim)
+        if c.lowres_channels:
+            kw["lowres"] = torch.zeros(1, c.lowres_channels, c.image_size, c.image_size)
+        self(x, torch.zeros(1, dtype=torch.long), **kw)
+    for h in hooks:
+        h.remove()
+    g = torch.Generator().manual_seed(1234)
+    for m in crosses:
+        hh, ww = sizes[m]
+        m.query_pos = nn.Parameter(0.3 * torch.randn(hh * ww, m.norm.num_channels, generator=g))
+
+
+def posq_attn_fwd(self, x, context=None, context_mask=None):
+    if not hasattr(self, "query_pos"):
+        return orig_attn_fwd(self, x, context, context_mask)
+    _, _, h, w = x.shape
+    q = self.norm(x).flatten(2).transpose(1, 2) + self.query_pos  # (B, HW, C)
+    out, _ = self.attn(q, self.context_norm(context), key_mask=context_mask, need_weights=False)
+    return x + out.transpose(1, 2).reshape(x.shape)
+
+
+if variant == "posq":
+    unet.UNet.__init__, unet.SpatialAttention.forward = posq_init, posq_attn_fwd
+elif variant == "selfkv":
     unet.UNet.__init__, unet._Level.forward = selfkv_init, selfkv_level_fwd
 elif variant == "coords":
     unet.UNet.__init__ = coords_init
