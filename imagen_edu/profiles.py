@@ -144,13 +144,13 @@ class CLIPSettings:
 #: these (the low resolution of an SR stage, the text width, heads, groups, warm-up) is derived by
 #: :func:`imagen_edu.configs.stage_configs`.
 CPU_STAGES: dict[str, dict] = {
-    "base": dict(resolution=16, two_object_fraction=0.75, steps=2400, batch_size=32, max_seconds=1080.0,
+    "base": dict(resolution=16, two_object_fraction=0.75, steps=2400, batch_size=32, max_seconds=960.0,
                  guidance=3.0, sample_steps=25, threshold="static", eta=1.0,
                  unet=dict(channels=32, channel_mults=(1, 2, 2), num_res_blocks=(1, 2, 2),
                            attention_resolutions=(8, 4), cross_attention_resolutions=(16, 8, 4))),
     # super-resolution 16 -> 32 px, no self-attention, no guidance (w = 1); noise-conditioning
     # augmentation: levels uniform in [0, aug_max_level] in training, aug_sample_level at sampling
-    "sr1": dict(resolution=32, two_object_fraction=0.75, steps=2500, batch_size=32, max_seconds=1080.0,
+    "sr1": dict(resolution=32, two_object_fraction=0.75, steps=2500, batch_size=32, max_seconds=960.0,
                 guidance=1.0, sample_steps=15, threshold="static", eta=1.0, aug_max_level=0.5, aug_sample_level=0.1,
                 unet=dict(channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attention_resolutions=(),
                           cross_attention_resolutions=(16, 8))),
