@@ -260,6 +260,8 @@ def paraphrase_loss(model: T5, batch, temperature: float, negatives: str = "grou
     (:func:`object_states` with ``words``), averaged, so that neither word can leave the side to
     the other.
     """
+    if states not in ("object", "word"):
+        raise ValueError(f"paraphrase_loss: states must be 'object' or 'word', got {states!r}")
     x_ids, x_mask, y_ids, y_mask = batch
     words = states == "word"
     vx = object_states(model.encode(x_ids, x_mask), x_mask, words)               # [A, B] of "A rel B"

@@ -218,6 +218,8 @@ def test_paraphrase_loss_by_word_is_the_mean_of_the_colour_and_shape_words_losse
     assert P.paraphrase_loss(fake, batch, 0.1) < 0.5 * P.paraphrase_loss(fake, batch, 0.1, states="word")
     with pytest.raises(ValueError, match="paraphrase_states"):
         P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_states="mean")
+    with pytest.raises(ValueError, match="states must be"):
+        P.paraphrase_loss(model, batch, 0.2, states="mean")
 
 
 def test_paraphrase_loss_is_chapter_4s_infonce_over_objects():
