@@ -28,7 +28,7 @@ import torch
 
 from .data.captions import all_captions
 
-__all__ = ["AXES", "side_labels", "object_states", "fit_logistic", "side_probe", "variance_share"]
+__all__ = ["AXES", "side_labels", "object_states", "fit_logistic", "side_probe", "between_share", "variance_share"]
 
 #: each relation's axis and the side of the first object on it (+1: left / top, -1: right / bottom)
 AXES: dict[str, tuple[str, int]] = {"left of": ("horizontal", 1), "right of": ("horizontal", -1),
@@ -123,14 +123,22 @@ def side_probe(encoder, offset: int, *, seed: int = 0, test_fraction: float = 0.
 
 
 @torch.no_grad()
+def between_share(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """``R^2`` of ``labels (N,)`` in ``x (N, D)``: ``sum_k n_k |mean_k - mean|^2 / sum_i |x_i - mean|^2``,
+    the between-class share of the total sum of squares, in [0, 1]."""
+    mean = x.mean(0)
+    total = (x - mean).square().sum()
+    between = sum((labels == k).sum() * (x[labels == k].mean(0) - mean).square().sum() for k in labels.unique())
+    return float(between / total)
+
+
 def variance_share(encoder, offset: int) -> dict:
     """Share of the object words' state variance explained by each label, per axis: ``R^2`` in [0, 1].
 
     For every two-object caption, the LayerNormed states at the four object words (colour and
     shape of each object) are labelled by their ``order`` (first or second object) and their
     ``side`` (left/top or right/bottom; the product of the order and the relation's sign).
-    ``R^2 = sum_k n_k |mean_k - mean|^2 / sum_i |x_i - mean|^2`` (between-class over total sum of
-    squares). Returns ``{"horizontal": {"order": r2, "side": r2}, "vertical": {...}}``.
+    ``R^2`` is :func:`between_share`. Returns ``{"horizontal": {"order": r2, "side": r2}, "vertical": {...}}``.
     """
     caps = [c for c in all_captions() if c.relation is not None]
     texts = [c.text for c in caps]
@@ -150,11 +158,5 @@ def variance_share(encoder, offset: int) -> dict:
     x, order, side = torch.stack(rows), torch.tensor(order), torch.tensor(side)
     for name in ("horizontal", "vertical"):
         sel = torch.tensor([a == name for a in axis])
-        xs = x[sel]
-        mean = xs.mean(0)
-        total = (xs - mean).square().sum()
-        out[name] = {}
-        for label, lab in (("order", order[sel]), ("side", side[sel])):
-            between = sum((lab == k).sum() * (xs[lab == k].mean(0) - mean).square().sum() for k in (0, 1))
-            out[name][label] = round(float(between / total), 4)
+        out[name] = {label: round(between_share(x[sel], lab[sel]), 4) for label, lab in (("order", order), ("side", side))}
     return out

@@ -177,20 +177,26 @@ def test_object_states_by_word_keep_each_words_state_apart():
                                atol=1e-4, rtol=1e-4)
 
 
-def test_paraphrase_loss_by_word_is_the_mean_of_the_colour_and_shape_words_losses():
-    """states="word": the group InfoNCE of the colour words plus that of the shape words, halved.
-    An encoder that writes the side into the shape word alone wins the object loss but not the
-    word loss: the colour word cannot tell the fact from its contradiction."""
-    from imagen_edu import clip, t5
+def _tiny_paraphrase_case():
+    """A 1-layer, 16-wide T5 at a fixed initialisation and one paraphrase batch of 3 facts: ``(tok, model, batch)``."""
+    from imagen_edu import t5
 
-    cfg = P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_facts=3,
-                           paraphrase_temperature=0.2, paraphrase_states="word")
+    cfg = P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_facts=3)
     docs = text_corpus("described")
     tok = P.t5_tokenizer(docs)
     torch.manual_seed(0)
     model = t5.T5(t5.T5Config(vocab_size=tok.vocab_size, d_model=16, n_heads=2, d_kv=8, d_ff=32, n_layers=1,
                               n_decoder_layers=1)).eval()
-    batch = P.paraphrase_batch(P.paraphrase_groups(docs), tok, cfg, torch.Generator().manual_seed(1))
+    return tok, model, P.paraphrase_batch(P.paraphrase_groups(docs), tok, cfg, torch.Generator().manual_seed(1))
+
+
+def test_paraphrase_loss_by_word_is_the_mean_of_the_colour_and_shape_words_losses():
+    """states="word": the group InfoNCE of the colour words plus that of the shape words, halved.
+    An encoder that writes the side into the shape word alone wins the object loss but not the
+    word loss: the colour word cannot tell the fact from its contradiction."""
+    from imagen_edu import clip
+
+    tok, model, batch = _tiny_paraphrase_case()
     vx = P.object_states(model.encode(batch[0], batch[1]), batch[1], words=True)
     vy = P.object_states(model.encode(batch[2], batch[3]), batch[3], words=True)[:, [1, 0]]
     per_word = [torch.stack([clip.clip_loss(vx[2 * k:2 * k + 2, :, w].flatten(0, 1),
@@ -225,16 +231,9 @@ def test_paraphrase_loss_by_word_is_the_mean_of_the_colour_and_shape_words_losse
 def test_paraphrase_loss_is_chapter_4s_infonce_over_objects():
     """The loss is clip_loss(objects of x, matching objects of y, 1/tau): object A of 'A rel B'
     against object A of 'B conv A' (the y objects are swapped into x's order)."""
-    from imagen_edu import clip, t5
+    from imagen_edu import clip
 
-    cfg = P.PretrainConfig(corpus="described", paraphrase_weight=1.0, paraphrase_facts=3,
-                           paraphrase_temperature=0.2)
-    docs = text_corpus("described")
-    tok = P.t5_tokenizer(docs)
-    torch.manual_seed(0)
-    model = t5.T5(t5.T5Config(vocab_size=tok.vocab_size, d_model=16, n_heads=2, d_kv=8, d_ff=32, n_layers=1,
-                              n_decoder_layers=1)).eval()
-    batch = P.paraphrase_batch(P.paraphrase_groups(docs), tok, cfg, torch.Generator().manual_seed(1))
+    tok, model, batch = _tiny_paraphrase_case()
     vx = P.object_states(model.encode(batch[0], batch[1]), batch[1])
     vy = P.object_states(model.encode(batch[2], batch[3]), batch[3])
     vy = vy[:, [1, 0]]
@@ -297,8 +296,7 @@ def test_shipped_toy_t5_is_the_cascade_recipe_and_says_the_side_loudly():
     for word in (0, 1):                                   # colour word, shape word
         X = torch.cat([h[:, 1 + word], h[:, 6 + word]])   # 'a C S left of a C S': words 1-2 and 6-7
         left = torch.tensor([c.relation == "left of" for c in caps] + [c.relation == "right of" for c in caps])
-        between = sum(m.sum() * (X[m].mean(0) - X.mean(0)).square().sum() for m in (left, ~left))
-        assert between / (X - X.mean(0)).square().sum() > 0.2, word
+        assert probe.between_share(X, left) > 0.2, word
 
 
 def test_pretraining_command_line(tmp_path, one_thread, capsys):

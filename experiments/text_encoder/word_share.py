@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from imagen_edu import text_encoders  # noqa: E402
 from imagen_edu.data.captions import COLOURS, SHAPES, all_captions  # noqa: E402
-from imagen_edu.probe import AXES  # noqa: E402
+from imagen_edu.probe import AXES, between_share, side_labels  # noqa: E402
 
 if len(sys.argv) != 2:
     sys.exit("usage: python experiments/text_encoder/word_share.py ENCODER")
@@ -34,10 +34,7 @@ h = F.layer_norm(h.float(), h.shape[-1:])
 
 
 def r2(X: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of the spread of X (N, D) that the class means of ``labels`` explain."""
-    total = (X - X.mean(0)).square().sum()
-    between = sum((labels == k).sum() * (X[labels == k].mean(0) - X.mean(0)).square().sum() for k in labels.unique())
-    return round((between / total).item(), 4)
+    return round(between_share(X, labels), 4)
 
 
 WORDS = {"colour": (1, -2), "shape": (2, -1)}  # word index of object 1, offset from the end of object 2
@@ -48,11 +45,10 @@ for axis in ("horizontal", "vertical"):
             if AXES[c.relation][0] != axis:
                 continue
             n = len(texts[b].split())
-            first_is_left_or_top = AXES[c.relation][1] > 0
-            for o, i in enumerate((i1, n + i2)):
+            for o, (i, s) in enumerate(zip((i1, n + i2), side_labels(c.relation))):
                 X.append(h[b, i])
                 order.append(o)
-                side.append(int(first_is_left_or_top) if o == 0 else int(not first_is_left_or_top))
+                side.append(s)
         X = torch.stack(X)
         print(json.dumps({"axis": axis, "word": word, "side": r2(X, torch.tensor(side)),
                           "order": r2(X, torch.tensor(order))}))
