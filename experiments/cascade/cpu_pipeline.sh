@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole toy Imagen from scratch under the cpu profile, timed part by part (chapter 5c):
-# 1. the toy T5, pretrained on text alone (one thread);
+# 1. the toy T5, pretrained on text alone (alone on the machine, so on every core);
 # 2. the base stage and the super-resolution stage, side by side (one thread each), both reading
 #    that frozen encoder.
 # usage: bash experiments/cascade/cpu_pipeline.sh OUT
