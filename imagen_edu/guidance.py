@@ -4,7 +4,8 @@ Saharia et al. 2022, Sections 2.1 and 2.2 (``saharia2022imagen``); Ho and Salima
 (``ho2022classifierfree``):
 
 * :func:`masked_mean` pools the text tokens ``(B, T, D)`` into the vector ``(B, D)`` that a stage
-  adds to its timestep embedding (padding does not count);
+  adds to its timestep embedding (padding does not count); :class:`AttentionPool` is the learned
+  alternative the paper compares it with (a query that attends over the tokens, Appendix A.13a);
 * :func:`guide` is classifier-free guidance, ``out = out_uncond + w (out_cond - out_uncond)``;
 * :class:`GuidedDenoiser` wraps a stage as the denoiser ``f(x_t, t)`` that the sampler calls,
   running the conditional and the unconditional prediction as one doubled batch.
@@ -25,8 +26,14 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
-__all__ = ["masked_mean", "guide", "GuidedDenoiser"]
+from .attention import MultiHeadAttention
+
+__all__ = ["masked_mean", "AttentionPool", "POOLINGS", "guide", "GuidedDenoiser"]
+
+#: how a stage pools its text tokens into the vector added to the timestep embedding
+POOLINGS = ("mean", "attention")
 
 
 def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -39,6 +46,36 @@ def masked_mean(emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"emb must be (B, T, D) and mask (B, T), got {tuple(emb.shape)} and {tuple(mask.shape)}")
     m = mask.to(emb.dtype)[..., None]
     return (emb * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class AttentionPool(nn.Module):
+    """Attention pooling: one learned query attends over the real tokens, ``(B, T, D) -> (B, D)``.
+
+    Saharia et al. 2022, Appendix A.13a compare it with the masked mean (:func:`masked_mean`) as
+    the pooled text vector. The query is a parameter ``q (D)``, the same for every caption; the
+    pooled vector is chapter 1's multi-head attention (Eq. (ch1-eq-mha)) from ``q`` to the tokens,
+    with padding masked out: ``softmax(q W_q (X W_k)^T / sqrt(d)) X W_v W_o`` per head. Unlike the
+    mean, the weights depend on the words, so it can learn which ones to listen to.
+    """
+
+    def __init__(self, dim: int, n_heads: int = 4):
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        heads = n_heads if dim % n_heads == 0 else 1
+        self.query = nn.Parameter(torch.randn(dim) * dim ** -0.5)
+        self.attn = MultiHeadAttention(dim, heads)
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``emb (B, T, D)``, ``mask (B, T)`` bool with at least one True per row -> ``(B, D)``."""
+        if emb.dim() != 3 or mask.shape != emb.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(f"emb must be (B, T, D) and mask bool (B, T), got {tuple(emb.shape)} and "
+                             f"{mask.dtype} {tuple(mask.shape)}")
+        if not bool(mask.any(1).all()):
+            raise ValueError("every row of mask needs at least one real token to attend to")
+        q = self.query.to(emb.dtype).expand(emb.shape[0], 1, -1)
+        out, _ = self.attn(q, emb, key_mask=mask, need_weights=False)
+        return out[:, 0]
 
 
 def guide(cond_out: torch.Tensor, uncond_out: torch.Tensor, w: float) -> torch.Tensor:

@@ -30,7 +30,7 @@ from . import checkpoints
 from .arguments import MAX_SEED, NumberTypeError, check_int, check_real  # re-exported: where stages check
 from .diffusion import (OBJECTIVES, SAMPLERS, SCHEDULES, GaussianDiffusion, Generators, gaussian_noise,
                         random_uniform)
-from .guidance import GuidedDenoiser, masked_mean
+from .guidance import POOLINGS, AttentionPool, GuidedDenoiser, masked_mean
 from .noise_augmentation import augment_lowres
 from .thresholding import THRESHOLDS, dynamic_threshold
 from .unet import UNet, UNetConfig
@@ -68,6 +68,9 @@ class StageConfig:
             ``cond_dim == context_dim == text_dim``, ``lowres_channels`` set iff super-resolution).
         text_dim: width ``D`` of the text encoder's embeddings.
         text_encoder: the encoder's name for :func:`imagen_edu.text_encoders.get`.
+        pooling: how the text tokens become the pooled vector added to the timestep embedding:
+            ``"mean"`` (the masked mean, the default) or ``"attention"`` (a learned query,
+            :class:`~imagen_edu.guidance.AttentionPool`; Appendix A.13a).
         timesteps, schedule, objective, loss_weighting: the :class:`~imagen_edu.diffusion.GaussianDiffusion`.
         cond_drop_prob: probability of replacing a row's text by the null embedding in training.
         aug_max_level: training augmentation levels are uniform in ``[0, aug_max_level]``.
@@ -92,6 +95,7 @@ class StageConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     text_dim: int = 64
     text_encoder: str = "lm"
+    pooling: str = "mean"
     timesteps: int = 1000
     schedule: str = "cosine"
     objective: str = "v"
@@ -125,7 +129,8 @@ class StageConfig:
         if not isinstance(self.text_encoder, str) or not self.text_encoder:
             raise ValueError(f"StageConfig.text_encoder must be an encoder's name, got {self.text_encoder!r}")
         for name, choices in (("schedule", SCHEDULES), ("objective", OBJECTIVES), ("threshold", THRESHOLDS),
-                              ("loss_weighting", (None, "min_snr"))):
+                              ("loss_weighting", (None, "min_snr")),
+                              ("pooling", POOLINGS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"StageConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
         for name, (low, high) in _INT_FIELDS.items():
@@ -216,6 +221,8 @@ class ImagenStage(nn.Module):
         self.unet = UNet(config.unet)
         self.null_token = nn.Parameter(torch.randn(config.text_dim) * 0.02)
         self.null_pooled = nn.Parameter(torch.randn(config.text_dim) * 0.02)
+        # Appendix A.13a: the masked mean (no parameters) or a learned attention pool
+        self.pool = AttentionPool(config.text_dim) if config.pooling == "attention" else None
         self.diffusion = config.make_diffusion()
 
     @property
@@ -236,7 +243,7 @@ class ImagenStage(nn.Module):
             raise ValueError(f"text_mask must be bool (B, T) = {tuple(text_emb.shape[:2])}, got "
                              f"{getattr(text_mask, 'dtype', None)} {tuple(getattr(text_mask, 'shape', ()))}")
         b, T = text_mask.shape
-        pooled = masked_mean(text_emb, text_mask)
+        pooled = masked_mean(text_emb, text_mask) if self.pool is None else self.pool(text_emb, text_mask)
         if drop is None:
             return text_emb, text_mask, pooled
         drop = torch.as_tensor(drop, dtype=torch.bool, device=text_emb.device)

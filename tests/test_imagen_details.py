@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from imagen_edu import configs, stage as stage_mod
 from imagen_edu.cascade import ImagenCascade
 from imagen_edu.diffusion import GaussianDiffusion
-from imagen_edu.guidance import GuidedDenoiser, guide, masked_mean
+from imagen_edu.guidance import AttentionPool, GuidedDenoiser, guide, masked_mean
 from imagen_edu.text_encoders import get as get_text_encoder
 from imagen_edu.noise_augmentation import aug_alpha_bar, augment_lowres
 from imagen_edu.stage import ImagenStage
@@ -101,6 +101,67 @@ def test_masked_mean_ignores_padding():
     junk = emb.clone()
     junk[0, 2:] = 100.0
     torch.testing.assert_close(masked_mean(junk, mask), want)
+
+
+def test_attention_pool_is_one_learned_query_over_the_real_tokens():
+    """Attention pooling (Saharia et al. 2022, Appendix A.13a): per head, the softmax of the learned
+    query against the real tokens' keys weights their values, written out here from the weights;
+    padded positions change nothing, a real token does."""
+    torch.manual_seed(0)
+    pool = AttentionPool(8, n_heads=2)
+    g = torch.Generator().manual_seed(4)
+    emb = torch.randn(2, 5, 8, generator=g)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    a = pool.attn
+    q = a.q_proj(pool.query).view(2, 4)
+    want = []
+    for b in range(2):
+        x = emb[b, mask[b]]
+        k, v = a.k_proj(x).view(-1, 2, 4), a.v_proj(x).view(-1, 2, 4)
+        w = torch.softmax(torch.einsum("hd,thd->ht", q, k) / 2.0, dim=-1)
+        want.append(a.out_proj(torch.einsum("ht,thd->hd", w, v).reshape(8)))
+    got = pool(emb, mask)
+    torch.testing.assert_close(got, torch.stack(want), atol=1e-5, rtol=1e-5)
+    junk = emb.clone()
+    junk[0, 3:] = 50.0
+    torch.testing.assert_close(pool(junk, mask), got)
+    junk[0, 0] += 1.0
+    assert not torch.allclose(pool(junk, mask)[0], got[0])
+    with pytest.raises(ValueError, match="at least one real token"):
+        pool(emb, torch.zeros(2, 5, dtype=torch.bool))
+
+
+def test_stage_pooling_mean_or_attention():
+    """``StageConfig.pooling``: ``"mean"`` (the default) gives :func:`masked_mean` and no extra
+    weights; ``"attention"`` gives the stage an :class:`AttentionPool` whose output is the pooled
+    vector, and it is saved and loaded with the stage; another value is refused."""
+    cfg = configs.stage_config("base", "ci", text_dim=8)
+    assert cfg.pooling == "mean"
+    g = torch.Generator().manual_seed(5)
+    emb, mask = torch.randn(3, 4, 8, generator=g), torch.tensor([[True, True, False, False]] * 3)
+    mean_stage = ImagenStage(cfg)
+    assert mean_stage.pool is None
+    torch.testing.assert_close(mean_stage.condition(emb, mask)[2], masked_mean(emb, mask))
+    torch.manual_seed(1)
+    att = ImagenStage(cfg.replace(pooling="attention"))
+    assert any(n.startswith("pool.") for n, _ in att.named_parameters())
+    pooled = att.condition(emb, mask)[2]
+    torch.testing.assert_close(pooled, att.pool(emb, mask))
+    assert not torch.allclose(pooled, masked_mean(emb, mask))
+    with pytest.raises(ValueError, match="pooling"):
+        cfg.replace(pooling="max")
+
+
+def test_attention_pooled_stage_round_trips(tmp_path):
+    """A stage with attention pooling is saved with its pool's weights and its config, and loads back
+    to the same pooled vector."""
+    torch.manual_seed(2)
+    st = ImagenStage(configs.stage_config("base", "ci", text_dim=8).replace(pooling="attention")).eval()
+    path = stage_mod.save_stage(st, tmp_path / "att.safetensors")
+    back = stage_mod.load_stage(path)
+    assert back.config.pooling == "attention"
+    emb, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+    torch.testing.assert_close(back.condition(emb, mask)[2], st.condition(emb, mask)[2])
 
 
 def test_training_batches_drop_text_at_cond_drop_prob():
