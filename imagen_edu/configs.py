@@ -68,7 +68,7 @@ from .unet import UNet, UNetConfig
 
 __all__ = ["NamedConfig", "T5_XXL", "T5_XXL_DIM", "paper_configs", "toy_configs", "stage_configs", "stage_config",
            "unet_config", "toy_warmup", "all_configs", "names", "get", "count_parameters",
-           "build_on_meta", "summary_table", "PAPER_WIDTHS", "paper_width_stage"]
+           "build_on_meta", "summary_table", "PAPER_WIDTHS", "paper_width_stage", "comparison_stage"]
 
 #: the text encoder of Imagen's paper models (Hugging Face hub name) and its width
 T5_XXL = "google/t5-v1_1-xxl"
@@ -219,6 +219,21 @@ def stage_config(stage: str, profile=None, text_dim: int | None = None) -> Stage
     if stage not in recipe:
         raise ValueError(f"the {prof.name!r} recipe has no stage {stage!r}; it has {sorted(recipe)}")
     return recipe[stage]
+
+
+def comparison_stage(text_encoder: str, text_dim: int, *, channels: int = 32, cross: bool = True,
+                     pooling: str = "mean", steps: int = 1000) -> StageConfig:
+    """The base stage of one row of chapter 5c's comparison tables (the paper's text-encoder findings).
+
+    The ``cpu`` profile's base stage reading ``text_encoder`` (width ``text_dim``), with
+    ``channels`` U-Net channels, cross-attention to the tokens or none (``cross=False``: the pooled
+    vector is then all the U-Net reads of the text), the ``pooling`` of
+    :class:`~imagen_edu.stage.StageConfig`, and ``steps`` steps: the cosine schedule's whole
+    length and no time cap, so every row trains the same steps on any machine. Seed 0.
+    """
+    cfg = stage_config("base", "cpu", text_dim=text_dim)
+    unet = {"channels": channels, **({} if cross else {"cross_attention_resolutions": ()})}
+    return cfg.replace(unet=unet, pooling=pooling, steps=steps, max_seconds=None, text_encoder=text_encoder)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ near its shape's prototype, with a tolerance that grows for small objects (:func
 
 The judge at work on the chapter-5 cascade: :func:`eval_captions` (test and heldout captions,
 one- and two-object half and half), :func:`evaluate_cascade` (the accuracies that ``python -m
-imagen_edu eval`` prints) and :func:`relation_loss_test` (does a base stage read the relation?).
+imagen_edu eval`` prints), :func:`evaluate_stage` (the same for a base stage alone) and
+:func:`relation_loss_test` (does a base stage read the relation?).
 The chapter-4 CLIP metrics :func:`clip_score` and :func:`rerank` are re-exported from
 :mod:`imagen_edu.clip_eval`, so that every way of judging images is found here.
 
@@ -64,7 +65,7 @@ from .errors import run_cli
 
 __all__ = ["DetectedObject", "attribute_accuracy", "colour_masks", "connected_components", "count_clean_objects",
            "detect_objects", "detect_objects_batch", "is_clean", "relation_holds", "selftest", "verdict", "SHAPES",
-           "clip_score", "rerank", "eval_captions", "evaluate_cascade", "relation_loss_test"]
+           "clip_score", "rerank", "eval_captions", "evaluate_cascade", "evaluate_stage", "relation_loss_test"]
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)  # hue order: index k has hue 60 k degrees
 #: (fill ratio, centroid height in the box from the top) of each shape, and the feature scales
@@ -394,6 +395,39 @@ def evaluate_cascade(cascade, n: int = 200, *, guidance=None, steps=None, seed: 
     out["resolution"] = cascade.resolution
     out["threads"] = torch.get_num_threads()
     return out
+
+
+class _StageAlone:
+    """One stage and its encoder with a cascade's ``sample(captions, ...)`` and ``resolution``."""
+
+    def __init__(self, stage, encoder):
+        self.stage, self.encoder, self.resolution = stage, encoder, stage.config.resolution
+
+    @torch.no_grad()
+    def sample(self, captions, n=1, guidance=None, steps=None, seed=0, batch_size=256, progress=False, **kw):
+        out = []
+        for i in range(0, len(captions), batch_size):
+            emb, mask = self.encoder.encode(captions[i:i + batch_size])
+            g = torch.Generator().manual_seed(seed + i)
+            out.append(self.stage.sample(emb, mask, guidance=guidance, steps=steps, generator=g, **kw))
+        return torch.cat(out)
+
+
+def evaluate_stage(stage, encoder=None, n: int = 200, *, guidance=None, steps=None, seed: int = 0,
+                   splits=("test", "heldout"), batch_size: int = 256, **sample_kw) -> dict:
+    """:func:`evaluate_cascade` of a base stage alone: its own samples, judged at its resolution.
+
+    ``stage`` is a base :class:`~imagen_edu.stage.ImagenStage`, ``encoder`` its frozen text
+    encoder (default: the stage's own, by name). The images of a batch of captions come from one
+    generator seeded ``seed + k`` for the batch starting at caption ``k``. The comparisons of
+    chapter 5c judge the base stage this way, so that no super-resolution stage mends or spoils
+    what the base stage drew. Returns the dict of :func:`evaluate_cascade`.
+    """
+    if stage.config.is_sr:
+        raise ValueError("evaluate_stage takes a base stage (a super-resolution stage needs a low-resolution input)")
+    encoder = text_encoders.get(stage.config.text_encoder, device=str(stage.device)) if encoder is None else encoder
+    return evaluate_cascade(_StageAlone(stage, encoder), n, guidance=guidance, steps=steps, seed=seed,
+                            splits=splits, batch_size=batch_size, progress=False, **sample_kw)
 
 
 @torch.no_grad()

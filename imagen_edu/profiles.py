@@ -207,6 +207,11 @@ class ImagenSettings:
     live_points: int = 4
     live_captions: int = 16
     live_steps: int | None = None
+    # chapter 5c reruns one row of its comparison tables live (configs.comparison_stage, the 16-
+    # channel U-Net reading the shipped encoder): its steps (under cpu the tables' own budget, about
+    # two minutes on two cores) and the captions judged per set
+    compare_steps: int = 1000
+    compare_n: int = 100
 
 
 @dataclass(frozen=True)
@@ -255,7 +260,7 @@ PROFILES: dict[str, Profile] = {
                           batch_size=32, n_train_images=128, max_seconds=None, n_eval=20, n_zero_shot=36),
         imagen=ImagenSettings(
             timesteps=100, n_train_images=64, n_eval=8, guidance_sweep=(1.0, 3.0), n_grid=4,
-            live_seconds=20.0, live_points=3, live_captions=4, live_steps=100000,
+            live_seconds=20.0, live_points=3, live_captions=4, live_steps=100000, compare_steps=3, compare_n=2,
             stages=stages_with(
                 base=dict(resolution=8, steps=4, batch_size=8, max_seconds=None, sample_steps=4,
                           unet=dict(channels=8, channel_mults=(1, 2), num_res_blocks=(1, 1),
@@ -353,7 +358,7 @@ RUN_LENGTH_FIELDS: dict[str, tuple[str, ...]] = {
                   "n_train_images", "sample_steps", "n_samples"),
     "clip": ("steps", "batch_size", "n_train_images", "max_seconds", "n_eval", "n_zero_shot"),
     "imagen": ("timesteps", "n_train_images", "n_eval", "guidance_sweep", "n_grid", "live_seconds",
-               "live_points", "live_captions", "live_steps"),
+               "live_points", "live_captions", "live_steps", "compare_steps", "compare_n"),
 }
 #: The run-length fields of each cascade stage (``ImagenSettings.stages[name]``).
 STAGE_RUN_LENGTH_FIELDS: tuple[str, ...] = ("steps", "batch_size", "max_seconds", "sample_steps")

@@ -169,3 +169,23 @@ def test_names_and_get_cover_every_config():
     assert set(names) == set(configs.all_configs()) and "toy-gpu/sr2" in names
     for n in names:
         assert configs.get(n).name == n
+
+
+def test_comparison_stage_is_the_cpu_base_stage_with_only_the_named_changes():
+    """Chapter 5c's comparison rows: the cpu base stage with the row's encoder, width, text path and
+    step count; every other field as shipped, no time cap, and cross=False leaves no cross-attention."""
+    from imagen_edu.stage import ImagenStage
+
+    base = configs.stage_config("base", "cpu", text_dim=48)
+    row = configs.comparison_stage("words", 48, channels=16, cross=False, pooling="attention", steps=700)
+    assert (row.text_encoder, row.text_dim, row.unet.channels, row.pooling, row.steps, row.max_seconds) == \
+        ("words", 48, 16, "attention", 700, None)
+    assert row.unet.cross_attention_resolutions == ()
+    same = {k: v for k, v in base.to_dict().items() if k not in ("text_encoder", "steps", "max_seconds", "pooling", "unet")}
+    assert {k: row.to_dict()[k] for k in same} == same
+    unet_same = {k: v for k, v in base.to_dict()["unet"].items() if k not in ("channels", "cross_attention_resolutions")}
+    assert {k: row.to_dict()["unet"][k] for k in unet_same} == unet_same
+    assert not any(getattr(m, "is_cross", False) for m in ImagenStage(row).modules())
+    default = configs.comparison_stage("toyt5", 64)
+    assert default.unet == configs.stage_config("base", "cpu", text_dim=64).unet and default.steps == 1000
+    assert any(getattr(m, "is_cross", False) for m in ImagenStage(default).modules())

@@ -200,3 +200,47 @@ def test_exercise_checks_accept_solutions_and_reject_mistakes():
     assert not ch_data.check_half_width(lambda s, dy, h: torch.full_like(dy, h), verbose=False)
     assert not ch_data.check_shape_features(lambda m: (1.0, 0.5), verbose=False)
     assert not ch_data.check_relation(lambda a, b, r: a[0] < b[0], verbose=False)
+
+
+def test_evaluate_stage_judges_the_stage_s_own_images():
+    """``evaluate_stage``: each caption's image comes from the stage, in caption order, at its own
+    resolution. A stand-in stage that draws each caption's exact render scores 1 on colour, count
+    and relation; one that draws the converse scene (the objects swapped) keeps the colours and the
+    count and fails every relation; a super-resolution stage is refused."""
+    from types import SimpleNamespace
+
+    from imagen_edu import evaluate
+    from imagen_edu.data.captions import converse_caption
+    from imagen_edu.data.shapes import render_captions
+
+    class Enc:  # an "embedding" is the caption's index in the order the stage is asked
+        def __init__(self):
+            self.seen = []
+
+        def encode(self, texts):
+            k = len(self.seen)
+            self.seen += list(texts)
+            return torch.arange(k, k + len(texts)).float()[:, None, None], torch.ones(len(texts), 1, dtype=torch.bool)
+
+    class Stage:
+        def __init__(self, enc, flip, sr=False):
+            self.enc, self.flip = enc, flip
+            self.config = SimpleNamespace(is_sr=sr, resolution=32)
+            self.device = torch.device("cpu")
+
+        def sample(self, emb, mask, guidance=None, steps=None, generator=None):
+            caps = [self.enc.seen[int(i)] for i in emb[:, 0, 0]]
+            # the converse caption ("A right of B" for "A left of B") describes the mirrored scene
+            return render_captions([converse_caption(c) if self.flip and len(c.split()) > 3 else c for c in caps], 32)
+
+    enc = Enc()
+    r = evaluate.evaluate_stage(Stage(enc, flip=False), enc, n=8, batch_size=3)
+    assert r["resolution"] == 32 and r["test"]["n"] == 8 and len(enc.seen) == 16
+    assert r["test"]["colour"] == r["test"]["count"] == r["test"]["relation"] == 1.0
+    assert r["heldout"]["relation"] == 1.0
+    enc = Enc()
+    flipped = evaluate.evaluate_stage(Stage(enc, flip=True), enc, n=8)
+    assert flipped["test"]["colour"] == flipped["test"]["count"] == 1.0
+    assert flipped["test"]["relation"] == 0.0
+    with pytest.raises(ValueError, match="base stage"):
+        evaluate.evaluate_stage(Stage(enc, flip=False, sr=True), enc, n=2)
