@@ -209,7 +209,7 @@ class ImagenSettings:
     live_steps: int | None = None
     # chapter 5c reruns one row of its comparison tables live (configs.comparison_stage, the 16-
     # channel U-Net reading the shipped encoder): its steps (under cpu the tables' own budget, about
-    # two minutes on two cores) and the captions judged per set
+    # four minutes on one thread) and the captions judged per set
     compare_steps: int = 1000
     compare_n: int = 100
 
