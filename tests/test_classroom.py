@@ -300,3 +300,44 @@ def test_smoke_runs_are_never_recorded_as_measured_times(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="SMOKE"):
         timing.record(["01_attention"], "cpu", path=tmp_path / "t.json")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_an_interrupted_times_run_keeps_what_it_measured(monkeypatch, tmp_path):
+    """`times` merges into the table after each chapter: the other profiles' entries and every
+    chapter timed before a failure are still in the file afterwards."""
+    monkeypatch.delenv("IMAGEN_EDU_SMOKE", raising=False)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"cpu": {"01_attention": {"total_s": 32.0, "cells": []}}}))
+
+    def fake_execute(name, profile, timeout=3600):
+        if name == "03_ddpm":
+            raise RuntimeError("a cell failed")
+        return nbformat.v4.new_notebook(), 1.5
+
+    monkeypatch.setattr(timing, "execute", fake_execute)
+    with pytest.raises(RuntimeError, match="a cell failed"):
+        timing.record(["02_language_model", "03_ddpm"], "ci", path=path)
+    data = json.loads(path.read_text())
+    assert data["cpu"]["01_attention"]["total_s"] == 32.0
+    assert data["ci"]["02_language_model"]["total_s"] == 1.5
+    assert "03_ddpm" not in data["ci"]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]  # no temporary file left behind
+
+
+def test_a_failed_write_of_the_times_table_leaves_the_old_table(monkeypatch, tmp_path):
+    """The table is replaced atomically: a write that dies half way leaves the old file whole."""
+    monkeypatch.delenv("IMAGEN_EDU_SMOKE", raising=False)
+    path = tmp_path / "t.json"
+    old = json.dumps({"cpu": {"01_attention": {"total_s": 32.0, "cells": []}}})
+    path.write_text(old)
+    monkeypatch.setattr(timing, "execute", lambda name, profile, timeout=3600: (nbformat.v4.new_notebook(), 1.0))
+
+    def half_write(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_write)
+    with pytest.raises(OSError, match="no space"):
+        timing.record(["02_language_model"], "ci", path=path)
+    assert path.read_text() == old

@@ -3,7 +3,7 @@ import sys, torch; torch.set_num_threads(1)
 import torch.nn.functional as F
 from imagen_edu import t5 as T5, text_encoders as te
 from imagen_edu.data.captions import all_captions
-from imagen_edu.probe import AXES
+from imagen_edu.probe import between_share, side_labels
 model, tok, _ = T5.load_t5(sys.argv[1])
 enc = te.ToyT5Encoder(model, tok)
 caps = [c for c in all_captions() if c.relation is not None]
@@ -18,10 +18,9 @@ for li, x in enumerate(outs):
     x = F.layer_norm(E.final_norm(x).float(), x.shape[-1:])
     X, order, side = [], [], []
     for b, c in enumerate(caps):
-        n = len(texts[b].split()); s1 = AXES[c.relation][1] > 0
+        n = len(texts[b].split()); sides = side_labels(c.relation)
         for i, o in ((1, 0), (2, 0), (n - 2, 1), (n - 1, 1)):
-            X.append(x[b, i]); order.append(o); side.append(int(s1) if o == 0 else int(not s1))
+            X.append(x[b, i]); order.append(o); side.append(sides[o])
     X = torch.stack(X); order = torch.tensor(order); side = torch.tensor(side)
-    tot = (X - X.mean(0)).square().sum()
-    r2 = lambda lab: round((sum((lab == k).sum() * (X[lab == k].mean(0) - X.mean(0)).square().sum() for k in (0, 1)) / tot).item(), 4)
+    r2 = lambda lab: round(between_share(X, lab), 4)  # probe.between_share: the between-class R^2
     print("layer", li + 1, "R2 order", r2(order), "side", r2(side))

@@ -26,6 +26,7 @@ from IPython.display import Markdown, display
 from nbclient import NotebookClient
 
 from .. import kernel_polling, profiles
+from ..outputs import atomic_write_text
 from . import chapters
 
 TIMES = chapters.ROOT / "data" / "benchmarks" / "cell_times.json"
@@ -91,7 +92,8 @@ def record(names: list[str], profile: str = "cpu", path: Path = TIMES) -> dict:
                  "cells": cell_times(nb)}
         data.setdefault(profile, {})[name] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")  # after each chapter
+        # after each chapter, atomically: an interrupted run keeps every time measured before it
+        atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         slow = slow_cells(entry)
         print(f"{name} under {profile}: {total:.1f} s, {len(slow)} cells over {SLOW_S:.0f} s")
         for i, s, line in slow:
