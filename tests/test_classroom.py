@@ -302,12 +302,18 @@ def test_smoke_runs_are_never_recorded_as_measured_times(monkeypatch, tmp_path):
     assert not (tmp_path / "t.json").exists()
 
 
-def test_an_interrupted_times_run_keeps_what_it_measured(monkeypatch, tmp_path):
-    """`times` merges into the table after each chapter: the other profiles' entries and every
-    chapter timed before a failure are still in the file afterwards."""
+def _times_table(monkeypatch, tmp_path) -> Path:
+    """A times table holding one cpu entry (01_attention, 32 s), with smoke runs off."""
     monkeypatch.delenv("IMAGEN_EDU_SMOKE", raising=False)
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"cpu": {"01_attention": {"total_s": 32.0, "cells": []}}}))
+    return path
+
+
+def test_an_interrupted_times_run_keeps_what_it_measured(monkeypatch, tmp_path):
+    """`times` merges into the table after each chapter: the other profiles' entries and every
+    chapter timed before a failure are still in the file afterwards."""
+    path = _times_table(monkeypatch, tmp_path)
 
     def fake_execute(name, profile, timeout=3600):
         if name == "03_ddpm":
@@ -326,10 +332,8 @@ def test_an_interrupted_times_run_keeps_what_it_measured(monkeypatch, tmp_path):
 
 def test_a_failed_write_of_the_times_table_leaves_the_old_table(monkeypatch, tmp_path):
     """The table is replaced atomically: a write that dies half way leaves the old file whole."""
-    monkeypatch.delenv("IMAGEN_EDU_SMOKE", raising=False)
-    path = tmp_path / "t.json"
-    old = json.dumps({"cpu": {"01_attention": {"total_s": 32.0, "cells": []}}})
-    path.write_text(old)
+    path = _times_table(monkeypatch, tmp_path)
+    old = path.read_text()
     monkeypatch.setattr(timing, "execute", lambda name, profile, timeout=3600: (nbformat.v4.new_notebook(), 1.0))
 
     def half_write(self, text, *args, **kwargs):

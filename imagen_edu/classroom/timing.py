@@ -91,8 +91,7 @@ def record(names: list[str], profile: str = "cpu", path: Path = TIMES) -> dict:
                  "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
                  "cells": cell_times(nb)}
         data.setdefault(profile, {})[name] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # after each chapter, atomically: an interrupted run keeps every time measured before it
+        # after each chapter, atomically (atomic_write creates the folder): an interrupted run keeps every time measured before it
         atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         slow = slow_cells(entry)
         print(f"{name} under {profile}: {total:.1f} s, {len(slow)} cells over {SLOW_S:.0f} s")
